@@ -1,0 +1,57 @@
+# Bulwark: `make demo` runs the operator on a local control plane; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# One variable picks the Kubernetes version of the local control plane.
+K8S_VERSION ?= 1.35.4
+CACHE_HOME := $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)
+KUBEBUILDER_ASSETS ?= $(CACHE_HOME)/bulwark/k8s-v$(K8S_VERSION)/bin
+BULWARK_K8S_VERSION := $(K8S_VERSION)
+export K8S_VERSION KUBEBUILDER_ASSETS BULWARK_K8S_VERSION
+
+CLUSTER_DIR := .cluster
+CRD_FILE := crds/securitypolicies.bulwark.dev.yaml
+
+.PHONY: help controlplane build cluster-up cluster-down crds lint test unit demo demo-down
+
+help:
+	@echo "make demo          local control plane, operator, example policy, produced objects"
+	@echo "make test          lint, unit and integration tests against a real control plane"
+	@echo "make controlplane  build etcd, kube-apiserver, kube-controller-manager, helm (cached)"
+	@echo "make cluster-up    start the local control plane; kubeconfig in $(CLUSTER_DIR)/kubeconfig"
+	@echo "make cluster-down  stop it (and a demo operator) leaving no process behind"
+	@echo "make lint          rustfmt, clippy, CRD freshness"
+	@echo "make crds          regenerate $(CRD_FILE)"
+
+controlplane:
+	@hack/controlplane.sh >/dev/null
+
+build:
+	cargo build --workspace --bins
+
+cluster-up: controlplane build
+	target/debug/bulwark-testenv up --dir $(CLUSTER_DIR)
+
+cluster-down: demo-down
+	@if [ -x target/debug/bulwark-testenv ]; then target/debug/bulwark-testenv down --dir $(CLUSTER_DIR); \
+	else cargo run -q -p bulwark-testenv -- down --dir $(CLUSTER_DIR); fi
+
+crds:
+	cargo run -q --bin bulwark -- crd > $(CRD_FILE)
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	hack/check-crd.sh
+
+unit:
+	cargo test --workspace --lib --bins
+
+test: lint controlplane
+	cargo test --workspace --no-fail-fast
+
+demo:
+	hack/demo.sh
+
+demo-down:
+	@hack/demo.sh stop

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Fails when the checked-in CRD differs from what `bulwark crd` generates.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+crd=crds/securitypolicies.bulwark.dev.yaml
+generated="$(mktemp)"
+trap 'rm -f "$generated"' EXIT
+cargo run -q --bin bulwark -- crd > "$generated"
+if ! diff -u "$crd" "$generated"; then
+  echo "$crd is stale: run 'make crds' and commit the result" >&2
+  exit 1
+fi
+echo "CRD is up to date"

@@ -1,0 +1,487 @@
+//! The reconciler: orders the facets' pure builders, applies their output, writes status.
+
+pub mod leader;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Future, StreamExt, stream};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{DeletionPolicy, ManagedObject, SecurityPolicy, SecurityPolicyStatus};
+use crate::facets::network::desired_network_policies;
+use crate::kube_io::{
+    Applier, ApplyError, FIELD_MANAGER, Facet, LABEL_POLICY, is_produced_by, managed_selector,
+};
+use crate::telemetry::Metrics;
+use status::{ConditionStatus, FacetReport};
+
+/// Finalizer that lets Bulwark apply `deletionPolicy` before the policy disappears.
+pub const FINALIZER: &str = "bulwark.dev/cleanup";
+
+/// Reconcile failures; small on purpose (big sources are boxed).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("{context}: {source}")]
+    Kube {
+        context: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Apply(ApplyError::Conflict { .. }) => "conflict",
+            Error::Apply(_) => "apply",
+            Error::Kube { .. } => "kube",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Operator settings that do not come from a policy.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; empty means cluster-wide.
+    pub namespaces: Vec<String>,
+    /// Policies reconciled at the same time.
+    pub concurrency: u16,
+    /// Identity in Events (`reportingInstance`).
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            concurrency: 4,
+            instance: "bulwark".into(),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    failures: Mutex<HashMap<String, u32>>,
+    managed: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: String) -> Self {
+        let reporter = Reporter {
+            controller: "bulwark".into(),
+            instance: Some(instance),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+            managed: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Exponential backoff per policy: 5 s, 10 s, 20 s ... capped at 5 minutes.
+    fn next_backoff(&self, uid: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("failure map lock");
+        let n = failures.entry(uid.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_for(*n)
+    }
+
+    fn clear_failures(&self, uid: &str) {
+        self.failures.lock().expect("failure map lock").remove(uid);
+    }
+
+    fn record_managed(&self, key: String, counts: Option<BTreeMap<&'static str, i64>>) {
+        let mut managed = self.managed.lock().expect("managed map lock");
+        match counts {
+            Some(c) => managed.insert(key, c),
+            None => managed.remove(&key),
+        };
+        let mut totals: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for counts in managed.values() {
+            for (kind, n) in counts {
+                *totals.entry(kind).or_default() += n;
+            }
+        }
+        for kind in ["NetworkPolicy", "Secret", "ConfigMap", "Job"] {
+            self.metrics
+                .set_managed(kind, totals.get(kind).copied().unwrap_or(0));
+        }
+    }
+}
+
+/// Delay after the `failures`-th consecutive failure of one policy.
+pub fn backoff_for(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exp).min(300))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        settings.instance.clone(),
+    ));
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let children = watcher::Config::default()
+        .labels(&managed_selector())
+        .page_size(50);
+    let controllers = scopes.into_iter().map(|ns| {
+        let policies: Api<SecurityPolicy> = scoped(&client, ns.as_deref());
+        Controller::new(policies, watcher::Config::default().page_size(50))
+            .owns(
+                scoped::<NetworkPolicy>(&client, ns.as_deref()),
+                children.clone(),
+            )
+            .owns(scoped::<Secret>(&client, ns.as_deref()), children.clone())
+            .owns(
+                scoped::<ConfigMap>(&client, ns.as_deref()),
+                children.clone(),
+            )
+            .owns(scoped::<Job>(&client, ns.as_deref()), children.clone())
+            .with_config(controller::Config::default().concurrency(settings.concurrency))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .boxed()
+    });
+    stream::select_all(controllers)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn reconcile(policy: Arc<SecurityPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = policy.namespace().unwrap_or_default();
+    let api: Api<SecurityPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", policy = %policy.name_any(), namespace = %ns);
+    let _enter = span.enter();
+    drop(_enter);
+    let result = finalizer(&api, FINALIZER, policy.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
+            FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let label = match &result {
+        Ok(_) => "success",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics.record_reconcile(label, started.elapsed());
+    if result.is_ok() {
+        ctx.clear_failures(&policy.uid().unwrap_or_default());
+    }
+    result
+}
+
+fn error_policy(policy: Arc<SecurityPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.next_backoff(&policy.uid().unwrap_or_default());
+    tracing::warn!(policy = %policy.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().unwrap_or_default();
+    let applier = Applier {
+        policy,
+        metrics: &ctx.metrics,
+    };
+    let mut reports = Vec::new();
+    let mut managed_objects = Vec::new();
+
+    let network = reconcile_network(policy, ctx, &applier, &ns, &mut managed_objects).await?;
+    if let Some(report) = network {
+        reports.push(report);
+    }
+    for (present, facet) in [
+        (policy.spec.tls.is_some(), Facet::Tls),
+        (policy.spec.kafka.is_some(), Facet::Kafka),
+        (policy.spec.postgres.is_some(), Facet::Postgres),
+        (policy.spec.jwt.is_some(), Facet::Jwt),
+    ] {
+        if present {
+            reports.push(FacetReport {
+                facet,
+                status: ConditionStatus::Unknown,
+                reason: "NotImplemented".into(),
+                message: format!(
+                    "this version of Bulwark does not produce the {} facet yet",
+                    facet.label()
+                ),
+            });
+        }
+    }
+    reports.sort_by_key(|r| r.facet);
+    managed_objects.sort();
+
+    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for obj in &managed_objects {
+        if obj.kind == "NetworkPolicy" {
+            *counts.entry("NetworkPolicy").or_default() += 1;
+        }
+    }
+    ctx.record_managed(format!("{ns}/{}", policy.name_any()), Some(counts));
+
+    let conflict = reports.iter().any(|r| r.reason == "Conflict");
+    write_status(policy, ctx, &reports, managed_objects).await?;
+    // A foreign object carries none of our labels, so no watch tells us when it goes away.
+    Ok(if conflict {
+        Action::requeue(Duration::from_secs(60))
+    } else {
+        Action::await_change()
+    })
+}
+
+async fn reconcile_network(
+    policy: &SecurityPolicy,
+    ctx: &Context,
+    applier: &Applier<'_>,
+    ns: &str,
+    managed: &mut Vec<ManagedObject>,
+) -> Result<Option<FacetReport>, Error> {
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let desired = desired_network_policies(policy);
+    let keep: BTreeSet<String> = desired.iter().map(|np| np.name_any()).collect();
+    let mut conflicts = Vec::new();
+    for np in desired {
+        let name = np.name_any();
+        match applier.apply(&api, np).await {
+            Ok(_) => managed.push(ManagedObject {
+                kind: "NetworkPolicy".into(),
+                name,
+                facet: Facet::Network.label().into(),
+            }),
+            Err(ApplyError::Conflict { kind, name }) => conflicts.push(format!("{kind} {name}")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let deleted = applier.delete_stale(&api, Facet::Network, &keep).await?;
+    if !deleted.is_empty() {
+        tracing::info!(deleted = ?deleted, "removed NetworkPolicies no longer declared");
+    }
+    if policy.spec.network.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(if conflicts.is_empty() {
+        FacetReport {
+            facet: Facet::Network,
+            status: ConditionStatus::True,
+            reason: "Applied".into(),
+            message: format!("{} NetworkPolicies in their declared state", keep.len()),
+        }
+    } else {
+        FacetReport {
+            facet: Facet::Network,
+            status: ConditionStatus::False,
+            reason: "Conflict".into(),
+            message: format!(
+                "spec.network: {} already exist(s) without Bulwark's labels and was left untouched; rename or remove it",
+                conflicts.join(", ")
+            ),
+        }
+    }))
+}
+
+async fn write_status(
+    policy: &SecurityPolicy,
+    ctx: &Context,
+    reports: &[FacetReport],
+    managed_objects: Vec<ManagedObject>,
+) -> Result<(), Error> {
+    let previous = policy.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let conditions =
+        status::conditions(&previous.conditions, reports, policy.meta().generation, now);
+    let next = SecurityPolicyStatus {
+        observed_generation: policy.meta().generation,
+        conditions,
+        managed_objects,
+    };
+    if next == previous {
+        return Ok(());
+    }
+    let api: Api<SecurityPolicy> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": SecurityPolicy::api_version(&()),
+        "kind": SecurityPolicy::kind(&()),
+        "status": next,
+    });
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("write status"))?;
+    ctx.metrics.record_write("SecurityPolicyStatus");
+
+    let reference = policy.object_ref(&());
+    for changed in status::transitions(&previous.conditions, &next.conditions) {
+        let event = KubeEvent {
+            type_: if changed.status == "False" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: changed.reason.clone(),
+            note: Some(format!(
+                "{} is {}: {}",
+                changed.type_, changed.status, changed.message
+            )),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "could not record event");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every object of kind `K` the policy produced.
+async fn delete_produced<K>(
+    policy: &SecurityPolicy,
+    ctx: &Context,
+    lp: &ListParams,
+    dp: &DeleteParams,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let listed = api
+        .list_metadata(lp)
+        .await
+        .map_err(Error::kube("list on cleanup"))?;
+    for obj in listed
+        .items
+        .into_iter()
+        .filter(|o| is_produced_by(&o.metadata, policy))
+    {
+        match api.delete(&obj.name_any(), dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube("delete on cleanup")(e)),
+        }
+        ctx.metrics.record_write(&K::kind(&()));
+    }
+    Ok(())
+}
+
+/// Applies `deletionPolicy` and removes what always goes with the policy.
+async fn cleanup(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let selector = format!("{},{LABEL_POLICY}={name}", managed_selector());
+    let lp = ListParams::default().labels(&selector);
+    let background = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+
+    delete_produced::<NetworkPolicy>(policy, ctx, &lp, &background).await?;
+    delete_produced::<Job>(policy, ctx, &lp, &background).await?;
+
+    if policy.spec.deletion_policy == DeletionPolicy::Retain {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let uid = policy.uid().unwrap_or_default();
+        for secret in secrets
+            .list_metadata(&lp)
+            .await
+            .map_err(Error::kube("list Secrets"))?
+            .items
+        {
+            let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+            if !owners.iter().any(|o| o.uid == uid) {
+                continue;
+            }
+            let remaining: Vec<_> = owners.into_iter().filter(|o| o.uid != uid).collect();
+            let patch = json!({"metadata": {"ownerReferences": remaining}});
+            secrets
+                .patch(
+                    &secret.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map_err(Error::kube("orphan Secret"))?;
+            ctx.metrics.record_write("Secret");
+        }
+    }
+    ctx.record_managed(format!("{ns}/{name}"), None);
+    tracing::info!(policy = %name, deletion_policy = ?policy.spec.deletion_policy, "cleaned up");
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff_for(1), Duration::from_secs(5));
+        assert_eq!(backoff_for(2), Duration::from_secs(10));
+        assert_eq!(backoff_for(4), Duration::from_secs(40));
+        assert_eq!(backoff_for(50), Duration::from_secs(300));
+    }
+}

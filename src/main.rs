@@ -1,0 +1,159 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use bulwark::controller::{self, Settings, leader};
+use bulwark::telemetry::{self, Health, LogFormat, Metrics};
+
+/// Bulwark hardens a three-tier application from one SecurityPolicy.
+#[derive(Parser)]
+#[command(name = "bulwark", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator.
+    Run(RunArgs),
+    /// Print the SecurityPolicy CustomResourceDefinition.
+    Crd,
+    /// Print, offline, the objects a policy would produce (secret values elided).
+    Render {
+        /// Policy file (YAML, may hold several documents); `-` reads stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Print the tier-to-tier reachability the produced NetworkPolicies allow.
+    Explain {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (repeatable); cluster-wide when absent.
+    #[arg(long = "namespace", env = "BULWARK_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Policies reconciled concurrently.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    /// Take a Lease before reconciling so only one replica writes.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => print!("{}", bulwark::crd_yaml()),
+        Command::Version => println!("bulwark {}", env!("CARGO_PKG_VERSION")),
+        Command::Render { file } => {
+            let policies = bulwark::render::parse_policies(&read_input(&file)?)?;
+            print!("{}", bulwark::render::render(&policies)?);
+        }
+        Command::Explain { file } => {
+            let policies = bulwark::render::parse_policies(&read_input(&file)?)?;
+            print!("{}", bulwark::render::explain(&policies));
+        }
+        Command::Run(args) => run(args).await?,
+    }
+    Ok(())
+}
+
+fn read_input(file: &str) -> anyhow::Result<String> {
+    if file == "-" {
+        return std::io::read_to_string(std::io::stdin()).context("reading stdin");
+    }
+    std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init_tracing(args.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (addr, _server) = telemetry::serve(
+        args.metrics_addr,
+        Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+
+    let instance = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "bulwark".into());
+    let identity = format!("{instance}-{}", std::process::id());
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the API server")?;
+    ready.store(true, Ordering::Relaxed);
+
+    let lease = args
+        .leader_elect
+        .then(|| leader::LeaseConfig::new(&args.leader_election_namespace, &identity));
+    if let Some(cfg) = &lease {
+        tokio::select! {
+            _ = leader::acquire(&client, cfg) => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+    }
+
+    let settings = Settings {
+        namespaces: args.namespaces,
+        concurrency: args.concurrency.max(1),
+        instance,
+    };
+    let controller = controller::run(client.clone(), settings, metrics, shutdown_signal());
+    match &lease {
+        Some(cfg) => {
+            tokio::select! {
+                _ = controller => {}
+                _ = leader::hold(&client, cfg) => {
+                    // Exiting is the safe way to stop writing: the replacement pod starts clean.
+                    anyhow::bail!("lost leadership");
+                }
+            }
+        }
+        None => controller.await,
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,174 @@
+//! Tracing, Prometheus metrics and the health endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::{EnvFilter, prelude::*};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber; `RUST_LOG` overrides the default `info` level.
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init(),
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// The operator's Prometheus metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabel, Counter>,
+    reconcile_duration: Histogram,
+    writes: Family<KindLabel, Counter>,
+    managed: Family<KindLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bulwark");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let reconcile_duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let writes = Family::<KindLabel, Counter>::default();
+        let managed = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "reconciles",
+            "Reconciliations by result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconciliation",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes sent to the API server by object kind",
+            writes.clone(),
+        );
+        registry.register(
+            "managed_objects",
+            "Objects produced and kept by the operator, by kind (last reconciled policy counts)",
+            managed.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            writes,
+            managed,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_reconcile(&self, result: &str, duration: Duration) {
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn record_write(&self, kind: &str) {
+        self.writes
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Total writes of one kind since start (used by tests and `bulwark` itself for logging).
+    pub fn writes(&self, kind: &str) -> u64 {
+        self.writes
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .get()
+    }
+
+    pub fn set_managed(&self, kind: &str, count: i64) {
+        self.managed
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .set(count);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+/// Shared state of the HTTP endpoints.
+#[derive(Clone)]
+pub struct Health {
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+}
+
+async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        h.metrics.encode(),
+    )
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok((bound, handle))
+}

@@ -1,0 +1,230 @@
+//! Shared helpers of the integration tests: a real control plane per test binary, an operator
+//! running in-process against it, one namespace per test.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulwark::api::SecurityPolicy;
+use bulwark::controller::{self, Settings};
+use bulwark::telemetry::Metrics;
+use bulwark_testenv::ControlPlane;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, CustomResourceExt};
+use tokio::sync::{OnceCell, oneshot};
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Admin client of this test binary's control plane, with the CRD installed.
+pub async fn client() -> Client {
+    let cp = ControlPlane::shared();
+    CRDS.get_or_init(|| async {
+        cp.install_crds(&[SecurityPolicy::crd()])
+            .await
+            .expect("install CRD");
+    })
+    .await;
+    cp.client().await
+}
+
+/// Creates a fresh namespace named after the test.
+pub async fn namespace(client: &Client, name: &str) -> String {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name.to_string()
+}
+
+/// An operator running in this process, watching one namespace.
+pub struct Operator {
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    pub fn start(client: &Client, namespace: &str) -> Operator {
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let settings = Settings {
+            namespaces: vec![namespace.to_string()],
+            ..Settings::default()
+        };
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            settings,
+            metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Operator {
+            metrics,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Graceful shutdown, as on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("operator stops within 30 s")
+            .expect("operator task does not panic");
+    }
+
+    /// Total reconciles that ended with `result`.
+    pub fn reconciles(&self, result: &str) -> u64 {
+        metric_value(
+            &self.metrics.encode(),
+            "bulwark_reconciles_total",
+            &format!("result=\"{result}\""),
+        )
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn metric_value(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Reads the example policy and moves it into `namespace`.
+pub fn example_policy(namespace: &str) -> SecurityPolicy {
+    let yaml = include_str!("../../deploy/examples/traffic-prediction.yaml");
+    let mut policy: SecurityPolicy = serde_yaml::from_str(yaml).expect("example parses");
+    policy.metadata.namespace = Some(namespace.to_string());
+    policy
+}
+
+/// Applies `policy` with server-side apply, as `kubectl apply --server-side` would.
+pub async fn apply_policy(
+    client: &Client,
+    policy: &SecurityPolicy,
+) -> Result<SecurityPolicy, kube::Error> {
+    let api: Api<SecurityPolicy> = Api::namespaced(
+        client.clone(),
+        policy.metadata.namespace.as_deref().unwrap(),
+    );
+    let mut body = serde_json::to_value(policy).unwrap();
+    body["apiVersion"] = "bulwark.dev/v1alpha1".into();
+    body["kind"] = "SecurityPolicy".into();
+    body["metadata"] =
+        serde_json::json!({"name": policy.metadata.name, "namespace": policy.metadata.namespace});
+    if let Some(status) = body.as_object_mut() {
+        status.remove("status");
+    }
+    api.patch(
+        policy.metadata.name.as_deref().unwrap(),
+        &PatchParams::apply("test-user").force(),
+        &Patch::Apply(&body),
+    )
+    .await
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Condition `type_` of the named policy, as (status, reason, message).
+pub async fn condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let api: Api<SecurityPolicy> = Api::namespaced(client.clone(), ns);
+    let policy = api.get_opt(name).await.ok()??;
+    let status = policy.status?;
+    if status.observed_generation != policy.metadata.generation {
+        return None;
+    }
+    status
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+/// Waits until the policy's condition has `status`; returns (reason, message).
+pub async fn wait_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> (String, String) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{type_}={status} on {ns}/{name}"),
+        || async {
+            condition(client, ns, name, type_)
+                .await
+                .filter(|(s, _, _)| s == status)
+                .map(|(_, r, m)| (r, m))
+        },
+    )
+    .await
+}
+
+/// Write requests (create/update/patch/delete) the API server audited in `namespace` so far.
+pub fn audited_writes(namespace: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(ControlPlane::shared().audit_log_path()).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .map(|e| {
+            format!(
+                "{} {}/{} {}",
+                e["verb"].as_str().unwrap_or_default(),
+                e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                e["objectRef"]["name"].as_str().unwrap_or_default(),
+                e["objectRef"]["subresource"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
