@@ -102,6 +102,8 @@ if command -v flock >/dev/null 2>&1; then
     log "waiting for another build in $BIN_DIR"
     flock 9
   fi
+  # Holding the lock, no other run is building: drop leftovers of killed runs.
+  rm -f "$BIN_DIR"/.*.tmp.* 2>/dev/null || true
 fi
 
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/bulwark-controlplane.XXXXXX")"

@@ -5,9 +5,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// Tier names, keys of `spec.tiers`: short DNS labels, because they end up in object names.
-const TIER_NAME_RULE: &str =
-    "self.all(k, k.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(k) <= 40)";
+/// Every Secret name the spec sets explicitly, as a CEL list expression.
+const SECRET_NAMES_CEL: &str = "((has(self.tls) && has(self.tls.ca) && has(self.tls.ca.secretName) ? [self.tls.ca.secretName] : []) + (has(self.tls) && has(self.tls.certificates) ? self.tls.certificates.map(c, c.secretName) : []) + (has(self.kafka) && has(self.kafka.users) ? self.kafka.users.filter(u, has(u.secretName)).map(u, u.secretName) : []) + (has(self.postgres) && has(self.postgres.roles) ? self.postgres.roles.filter(r, has(r.secretName)).map(r, r.secretName) : []) + (has(self.jwt) ? self.jwt.map(j, j.secretName) : []))";
+
+/// CRD validation has no `cel.bind`, so the list is spelled out where it is used.
+fn secret_names_unique_rule() -> String {
+    format!("{SECRET_NAMES_CEL}.all(n, {SECRET_NAMES_CEL}.filter(m, m == n).size() == 1)")
+}
 
 /// Desired security hardening of a three-tier application in this namespace.
 ///
@@ -42,9 +46,7 @@ const TIER_NAME_RULE: &str =
     validation = Rule::new(
         "!has(self.tls) || !has(self.tls.certificates) || self.tls.certificates.all(c, !has(c.tier) || c.tier in self.tiers)"
     ).message("a certificate's tier must name a tier declared in spec.tiers").field_path(".tls.certificates"),
-    validation = Rule::new(
-        "cel.bind(names, (has(self.tls) && has(self.tls.ca) && has(self.tls.ca.secretName) ? [self.tls.ca.secretName] : []) + (has(self.tls) && has(self.tls.certificates) ? self.tls.certificates.map(c, c.secretName) : []) + (has(self.kafka) && has(self.kafka.users) ? self.kafka.users.filter(u, has(u.secretName)).map(u, u.secretName) : []) + (has(self.postgres) && has(self.postgres.roles) ? self.postgres.roles.filter(r, has(r.secretName)).map(r, r.secretName) : []) + (has(self.jwt) ? self.jwt.map(j, j.secretName) : []), names.all(n, names.filter(m, m == n).size() == 1))"
-    ).message("secret names must be unique within the policy (tls.ca.secretName, tls.certificates[].secretName, kafka.users[].secretName, postgres.roles[].secretName, jwt[].secretName)")
+    validation = Rule::new(secret_names_unique_rule()).message("secret names must be unique within the policy (tls.ca.secretName, tls.certificates[].secretName, kafka.users[].secretName, postgres.roles[].secretName, jwt[].secretName)")
 )]
 pub struct SecurityPolicySpec {
     /// What happens to produced Secrets when the policy is deleted. `Retain` (default) orphans
@@ -54,9 +56,9 @@ pub struct SecurityPolicySpec {
     pub deletion_policy: DeletionPolicy,
 
     /// Tier name to the pods that belong to it. Any names may be used; frontend, backend and
-    /// data is the convention. Names are DNS labels of at most 40 characters.
+    /// data is the convention. Tiers referenced by rules must be DNS labels of at most 40
+    /// characters, because they end up in object names.
     #[schemars(length(min = 1, max = 16))]
-    #[x_kube(validation = Rule::new(TIER_NAME_RULE).message("tier names must be DNS labels (lowercase letters, digits, '-') of at most 40 characters"))]
     pub tiers: BTreeMap<String, Tier>,
 
     /// Network isolation between the tiers. Absent: no NetworkPolicy is produced.
@@ -151,10 +153,16 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct Flow {
     /// Client tier (a key of spec.tiers).
-    #[schemars(length(min = 1, max = 40))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub from: String,
     /// Server tier (a key of spec.tiers).
-    #[schemars(length(min = 1, max = 40))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub to: String,
     /// Ports opened on the server tier; at least one.
     #[schemars(length(min = 1, max = 16))]
@@ -166,7 +174,10 @@ pub struct Flow {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalIngress {
     /// Tier that receives the traffic (a key of spec.tiers).
-    #[schemars(length(min = 1, max = 40))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub to: String,
     /// Peers allowed in (namespaceSelector, podSelector or ipBlock).
     #[schemars(length(min = 1, max = 16))]
@@ -181,7 +192,10 @@ pub struct ExternalIngress {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalEgress {
     /// Tier that opens the connections (a key of spec.tiers).
-    #[schemars(length(min = 1, max = 40))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub from: String,
     /// Peers it may reach (ipBlock, namespaceSelector or podSelector).
     #[schemars(length(min = 1, max = 16))]
@@ -368,7 +382,10 @@ pub struct CertificateSpec {
     pub secret_name: String,
     /// Tier whose pods serve with this certificate (a key of spec.tiers), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 40))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub tier: Option<String>,
     /// Subject common name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,15 +394,12 @@ pub struct CertificateSpec {
     /// DNS subject alternative names; a leading `*.` wildcard is allowed.
     #[serde(default)]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new(
-        "self.all(n, size(n) <= 253 && n.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))"
-    ).message("every DNS name must be a lowercase RFC 1123 name, optionally starting with '*.'"))]
-    pub dns_names: Vec<String>,
+    pub dns_names: Vec<DnsName>,
     /// IP subject alternative names.
     #[serde(default)]
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.all(a, isIP(a))").message("every IP address must be a valid IPv4 or IPv6 address"))]
-    pub ip_addresses: Vec<String>,
+    pub ip_addresses: Vec<IpAddress>,
     /// Extended key usages (default: server).
     #[serde(default = "default_usages")]
     #[schemars(length(min = 1, max = 2))]
@@ -406,6 +420,34 @@ pub struct CertificateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<PrivateKeySpec>,
 }
+
+/// A DNS subject alternative name: a lowercase RFC 1123 name, optionally starting with `*.`.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
+)]
+pub struct DnsName(
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        )
+    )]
+    pub String,
+);
+
+/// An IPv4 or IPv6 address.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
+)]
+pub struct IpAddress(#[schemars(length(min = 2, max = 45))] pub String);
+
+/// A valid unquoted PostgreSQL identifier.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
+)]
+pub struct PgIdentifier(
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_$]*$"))] pub String,
+);
 
 fn default_usages() -> Vec<Usage> {
     vec![Usage::Server]
@@ -548,8 +590,7 @@ pub struct PostgresRole {
     /// Schemas the grants cover (default: public).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[a-z_][a-z0-9_$]*$') && size(s) <= 63)").message("every schema must be a valid unquoted PostgreSQL identifier"))]
-    pub schemas: Vec<String>,
+    pub schemas: Vec<PgIdentifier>,
     /// Maximum concurrent connections (-1: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1, max = 10000))]

@@ -130,7 +130,7 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         loop {
             let alive: Vec<&(Component, i32)> = running
                 .iter()
-                .filter(|(c, p)| process::pid_runs(*p, c.binary()))
+                .filter(|(_, p)| !process::pid_exited(*p))
                 .collect();
             if alive.is_empty() || Instant::now() >= deadline {
                 return alive.into_iter().map(|(c, p)| (*c, *p)).collect::<Vec<_>>();

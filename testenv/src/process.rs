@@ -72,7 +72,7 @@ pub(crate) fn spawn_tied(mut cmd: Command, run_as: Option<Credentials>) -> io::R
         cmd.pre_exec(move || {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
-                0 as libc::c_ulong,
+                libc::SIGKILL as libc::c_ulong,
                 0,
                 0,
                 0,
@@ -312,23 +312,24 @@ pub(crate) fn chown(path: &Path, creds: Credentials) -> anyhow::Result<()> {
 
 /// True when `pid` is a live (non-zombie) process whose argv[0] names `binary`.
 pub(crate) fn pid_runs(pid: i32, binary: &str) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let argv0 = Path::new(std::str::from_utf8(argv0).unwrap_or_default());
-    if argv0.file_name().and_then(|n| n.to_str()) != Some(binary) {
-        return false;
-    }
-    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
-        return false;
+    argv0.file_name().and_then(|n| n.to_str()) == Some(binary) && !pid_exited(pid)
+}
+
+/// True once `pid` is gone or a zombie (an exiting process loses its cmdline before that).
+pub(crate) fn pid_exited(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
     };
     // The state letter follows the ")" that closes the command name.
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
+    matches!(state, Some('Z') | Some('X') | None)
 }
 
 /// The last `lines` lines of a log file, for error messages.

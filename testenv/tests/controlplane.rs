@@ -275,3 +275,42 @@ async fn installed_crds_are_served_and_validated() {
         .unwrap_err();
     assert_eq!(status_code(&invalid), Some(422), "{invalid}");
 }
+
+#[test]
+fn components_listen_on_loopback_only() {
+    let cp = ControlPlane::shared();
+    let pids = cp.pids();
+    assert_eq!(pids.len(), 3);
+    let out = Command::new("ss").args(["-ltnpH"]).output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    let mut seen = std::collections::BTreeSet::new();
+    for line in table.lines() {
+        let Some(pid) = pids.iter().find(|p| line.contains(&format!("pid={p},"))) else {
+            continue;
+        };
+        seen.insert(*pid);
+        let local = line.split_whitespace().nth(3).unwrap();
+        assert!(
+            local.starts_with("127.0.0.1:"),
+            "pid {pid} listens on {local}: {line}"
+        );
+    }
+    // Every component listens somewhere (etcd: client + peer, apiserver, kcm health).
+    assert_eq!(
+        seen.len(),
+        3,
+        "listeners found for {seen:?} of {pids:?}:\n{table}"
+    );
+}
+
+#[test]
+fn a_component_that_fails_to_start_is_reported_with_its_log() {
+    let opts = bulwark_testenv::ControlPlaneOptions {
+        extra_apiserver_args: vec!["--no-such-flag=1".into()],
+        ..Default::default()
+    };
+    let err = format!("{:#}", ControlPlane::start(opts).unwrap_err());
+    assert!(err.contains("kube-apiserver exited"), "{err}");
+    assert!(err.contains("no-such-flag"), "{err}");
+}
