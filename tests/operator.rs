@@ -27,6 +27,29 @@ async fn network_policies(client: &kube::Client, ns: &str) -> BTreeMap<String, N
         .collect()
 }
 
+/// Data of every produced Secret, by name.
+async fn produced_secrets(
+    client: &kube::Client,
+    ns: &str,
+) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=bulwark"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| {
+            let data = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            (s.metadata.name.unwrap_or_default(), data)
+        })
+        .collect()
+}
+
 /// Name, labels and spec of each NetworkPolicy: what the golden file pins down.
 fn golden_view(nps: &BTreeMap<String, NetworkPolicy>) -> String {
     let view: Vec<serde_json::Value> = nps
@@ -143,6 +166,8 @@ async fn restart_and_resync_send_zero_writes_and_change_nothing() {
         .into_iter()
         .map(|(n, np)| (n, np.metadata.resource_version))
         .collect();
+    let secrets_before = produced_secrets(&client, &ns).await;
+    assert_eq!(secrets_before.len(), 4, "CA and three certificates");
     let writes_before = audited_writes(&ns).len();
 
     let second = Operator::start(&client, &ns);
@@ -319,17 +344,6 @@ async fn removed_flows_and_tiers_lose_their_network_policies() {
     operator.stop().await;
 }
 
-/// A Secret as a facet produces it: our labels and a controller reference to the policy.
-async fn produced_secret(client: &kube::Client, policy: &SecurityPolicy, name: &str) -> Secret {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &policy.namespace().unwrap());
-    let secret = Secret {
-        metadata: bulwark::kube_io::produced_meta(policy, name, bulwark::kube_io::Facet::Tls),
-        string_data: Some([("tls.crt".to_string(), "certificate".to_string())].into()),
-        ..Secret::default()
-    };
-    api.create(&PostParams::default(), &secret).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_follows_deletion_policy() {
     let client = client().await;
@@ -345,7 +359,9 @@ async fn deletion_follows_deletion_policy() {
             .await
             .unwrap();
         assert!(live.finalizers().iter().any(|f| f == "bulwark.dev/cleanup"));
-        produced_secret(&client, &live, "traffic-ca").await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let issued = secrets.get("kafka-tls").await.unwrap();
+        assert_eq!(issued.owner_references()[0].uid, live.uid().unwrap());
 
         Api::<SecurityPolicy>::namespaced(client.clone(), &ns)
             .delete("traffic", &DeleteParams::default())
@@ -372,31 +388,33 @@ async fn deletion_follows_deletion_policy() {
         )
         .await;
 
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         if deletion_policy == "Retain" {
             // Give the garbage collector time to act if it wrongly could.
             tokio::time::sleep(Duration::from_secs(3)).await;
-            let kept = secrets
-                .get_opt("traffic-ca")
-                .await
-                .unwrap()
-                .expect("Retain keeps the Secret");
-            assert!(
-                kept.owner_references().is_empty(),
-                "a retained Secret loses its owner reference"
-            );
-            assert_eq!(kept.data.unwrap()["tls.crt"].0, b"certificate");
+            for name in ["traffic-ca", "kafka-tls", "postgres-tls", "api-tls"] {
+                let kept = secrets
+                    .get_opt(name)
+                    .await
+                    .unwrap()
+                    .expect("Retain keeps the Secret");
+                assert!(
+                    kept.owner_references().is_empty(),
+                    "retained {name} loses its owner reference"
+                );
+                if name == "kafka-tls" {
+                    assert_eq!(kept.data, issued.data, "retained credentials are unchanged");
+                }
+            }
         } else {
             eventually(
                 Duration::from_secs(60),
-                "the garbage collector to delete the Secret",
+                "the garbage collector to delete the Secrets",
                 || async {
-                    secrets
-                        .get_opt("traffic-ca")
+                    let left = secrets
+                        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=bulwark"))
                         .await
-                        .unwrap()
-                        .is_none()
-                        .then_some(())
+                        .unwrap();
+                    left.items.is_empty().then_some(())
                 },
             )
             .await;

@@ -313,6 +313,16 @@ pub struct CaSpec {
     /// Key of a generated CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<PrivateKeySpec>,
+    /// During a CA rollover, how long the new CA is in the trust bundle before leaves move
+    /// under it, so every client has reloaded the bundle first (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"), length(max = 32))]
+    pub rollover_propagation: Option<String>,
+    /// During a CA rollover, how long the old CA stays in the trust bundle after every leaf
+    /// moved to the new one (default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(h|m|s))+$"), length(max = 32))]
+    pub rollover_overlap: Option<String>,
 }
 
 /// Defaults applied to every certificate that does not set the field itself.
@@ -670,6 +680,36 @@ pub struct SecurityPolicyStatus {
     /// Objects this policy produces, by kind and name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_objects: Vec<ManagedObject>,
+    /// The CA and every certificate: where it lives, when it expires and when it renews.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateStatus>,
+    /// The last `bulwark.dev/rotate` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_rotation: Option<String>,
+    /// The last `bulwark.dev/rotate-ca` annotation value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_ca_rotation: Option<String>,
+    /// Phase of the CA rollover: Stable, NewCATrusted (new CA in the bundle, leaves still under
+    /// the old one) or LeavesReissued (leaves under the new CA, old CA still trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rollover_phase: Option<String>,
+}
+
+/// One certificate in status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// Certificate name in spec.tls.certificates, or `ca`.
+    pub name: String,
+    /// Secret holding it.
+    pub secret_name: String,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Expiry, RFC 3339.
+    pub not_after: String,
+    /// When Bulwark re-issues it, RFC 3339; absent for a CA you bring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
 }
 
 /// One produced object.

@@ -2,6 +2,7 @@
 
 pub mod leader;
 pub mod status;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -246,11 +247,28 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     let mut managed_objects = Vec::new();
 
     let network = reconcile_network(policy, ctx, &applier, &ns, &mut managed_objects).await?;
+    let mut recheck = network.as_ref().is_some_and(|r| r.reason == "Conflict");
     if let Some(report) = network {
         reports.push(report);
     }
+    let mut certificates = Vec::new();
+    let mut next_renewal = None;
+    let previous = policy.status.clone().unwrap_or_default();
+    let mut handled_rotation = previous.handled_rotation;
+    let mut handled_ca_rotation = previous.handled_ca_rotation;
+    let mut ca_rollover_phase = None;
+    if let Some(outcome) =
+        tls::reconcile_tls(policy, ctx, &applier, &ns, &mut managed_objects).await?
+    {
+        recheck |= outcome.recheck;
+        certificates = outcome.certificates;
+        next_renewal = outcome.next_renewal;
+        handled_rotation = outcome.handled_rotation;
+        handled_ca_rotation = outcome.handled_ca_rotation;
+        ca_rollover_phase = outcome.phase;
+        reports.push(outcome.report);
+    }
     for (present, facet) in [
-        (policy.spec.tls.is_some(), Facet::Tls),
         (policy.spec.kafka.is_some(), Facet::Kafka),
         (policy.spec.postgres.is_some(), Facet::Postgres),
         (policy.spec.jwt.is_some(), Facet::Jwt),
@@ -272,20 +290,34 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
 
     let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
     for obj in &managed_objects {
-        if obj.kind == "NetworkPolicy" {
-            *counts.entry("NetworkPolicy").or_default() += 1;
+        for kind in ["NetworkPolicy", "Secret", "ConfigMap", "Job"] {
+            if obj.kind == kind {
+                *counts.entry(kind).or_default() += 1;
+            }
         }
     }
     ctx.record_managed(format!("{ns}/{}", policy.name_any()), Some(counts));
 
-    let conflict = reports.iter().any(|r| r.reason == "Conflict");
-    write_status(policy, ctx, &reports, managed_objects).await?;
-    // A foreign object carries none of our labels, so no watch tells us when it goes away.
-    Ok(if conflict {
-        Action::requeue(Duration::from_secs(60))
-    } else {
-        Action::await_change()
-    })
+    let next = SecurityPolicyStatus {
+        observed_generation: policy.meta().generation,
+        conditions: Vec::new(),
+        managed_objects,
+        certificates,
+        handled_rotation,
+        handled_ca_rotation,
+        ca_rollover_phase,
+    };
+    write_status(policy, ctx, &reports, next).await?;
+    // A foreign object or a missing input carries none of our labels: no watch says when it changes.
+    let mut requeue = recheck.then_some(Duration::from_secs(60));
+    if let Some(at) = next_renewal {
+        let until = at.duration_since(jiff::Timestamp::now());
+        let until = Duration::try_from(until)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1));
+        requeue = Some(requeue.map_or(until, |r| r.min(until)));
+    }
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 async fn reconcile_network(
@@ -342,17 +374,12 @@ async fn write_status(
     policy: &SecurityPolicy,
     ctx: &Context,
     reports: &[FacetReport],
-    managed_objects: Vec<ManagedObject>,
+    mut next: SecurityPolicyStatus,
 ) -> Result<(), Error> {
     let previous = policy.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
-    let conditions =
+    next.conditions =
         status::conditions(&previous.conditions, reports, policy.meta().generation, now);
-    let next = SecurityPolicyStatus {
-        observed_generation: policy.meta().generation,
-        conditions,
-        managed_objects,
-    };
     if next == previous {
         return Ok(());
     }

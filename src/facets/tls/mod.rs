@@ -6,6 +6,7 @@
 mod keystore;
 mod pki;
 mod reuse;
+mod rollover;
 mod sensitive;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,11 @@ use crate::kube_io::{Facet, produced_meta};
 pub use keystore::{generate_password, keystore_p12, truststore_p12};
 pub use pki::{CaRequest, CertificateAuthority, IssuedLeaf, KeyKind, LeafRequest, Usages};
 pub use reuse::{ReissueReason, Reuse, SecretData, decide_ca, decide_leaf, renewal_time};
+pub use rollover::{
+    ANNOTATION_ROLLOVER_PHASE, ANNOTATION_ROLLOVER_SINCE, DEFAULT_ROLLOVER_OVERLAP,
+    DEFAULT_ROLLOVER_PROPAGATION, NEXT_CRT, NEXT_KEY, PREVIOUS_CRT, RolloverPhase,
+    RolloverSettings,
+};
 pub use sensitive::Sensitive;
 
 pub const TLS_CRT: &str = "tls.crt";
@@ -125,15 +131,27 @@ pub struct CertificateInventory {
     pub renewal_time: Option<String>,
 }
 
-/// What exists now: the data of the CA Secret and of each leaf Secret, by Secret name.
+/// What exists now: the data of the CA Secret and of each leaf Secret, by Secret name, plus the
+/// requests and settings that steer rotation. Build it with `..Default::default()` so new fields
+/// do not break callers.
 #[derive(Clone, Debug, Default)]
 pub struct ObservedTls<'a> {
     /// The generated CA's Secret, or the `existingSecret` for a CA you bring.
     pub ca: Option<&'a SecretData>,
+    /// Annotations of the generated CA's Secret: they carry when the current rollover phase
+    /// began ([`ANNOTATION_ROLLOVER_SINCE`]). Without them a rollover in progress restarts its
+    /// current wait (never shortens it).
+    pub ca_annotations: Option<&'a BTreeMap<String, String>>,
     pub leaves: BTreeMap<String, &'a SecretData>,
     /// The user asked for new leaves (annotation `bulwark.dev/rotate` carries a value status
     /// has not recorded as handled): every leaf is re-issued once, the CA stays.
     pub rotate_leaves: bool,
+    /// The user asked for a new CA (annotation `bulwark.dev/rotate-ca` carries a value status
+    /// has not recorded as handled): a rollover starts now, before the CA's renewal time.
+    /// Record the value as handled only when [`DesiredTls::rotate_ca_handled`] says so.
+    pub rotate_ca: bool,
+    /// Overlap and propagation delay of a CA rollover.
+    pub rollover: RolloverSettings,
 }
 
 /// A certificate that this run issues, and why; one Event each.
@@ -160,6 +178,12 @@ pub struct DesiredTls {
     pub next_renewal: Option<Timestamp>,
     /// What this run (re-)issues; empty when everything is kept.
     pub issued: Vec<Issuance>,
+    /// Rollover phase of the generated CA after this run; always `Stable` for a CA you bring.
+    pub phase: RolloverPhase,
+    /// [`ObservedTls::rotate_ca`] was set and is answered by this run: a rollover started (or a
+    /// fresh CA replaced a lost one), or the CA is one you bring, which Bulwark never rotates.
+    /// False while a rollover is still running: the request then starts the next one.
+    pub rotate_ca_handled: bool,
 }
 
 impl std::fmt::Debug for DesiredTls {
@@ -173,6 +197,8 @@ impl std::fmt::Debug for DesiredTls {
             .field("certificates", &self.certificates)
             .field("next_renewal", &self.next_renewal)
             .field("issued", &self.issued)
+            .field("phase", &self.phase)
+            .field("rotate_ca_handled", &self.rotate_ca_handled)
             .finish()
     }
 }
@@ -339,55 +365,37 @@ fn rfc3339(ts: Timestamp) -> String {
     ts.to_string()
 }
 
-/// The CA, the trust bundle (PEM and DER of each CA) and the CA's Secret data, if generated.
-struct ResolvedCa {
-    ca: CertificateAuthority,
-    bundle_pem: String,
-    bundle_der: Vec<Vec<u8>>,
-    secret_name: String,
-    renewal: Option<Timestamp>,
-    reissued: Option<ReissueReason>,
+/// The trust bundle as PEM text and as the DER of each CA.
+struct Bundle {
+    pem: String,
+    der: Vec<Vec<u8>>,
 }
 
-fn resolve_ca(
-    policy_name: &str,
-    spec: Option<&CaSpec>,
-    observed: Option<&SecretData>,
-    now: Timestamp,
-) -> Result<ResolvedCa, TlsError> {
-    if let Some(secret) = spec.and_then(|c| c.existing_secret.clone()) {
-        return existing_ca(secret, observed, now);
+impl Bundle {
+    fn from_pems(pems: &[&str]) -> Self {
+        let mut pem = String::new();
+        for p in pems {
+            pem.push_str(p);
+            if !pem.ends_with('\n') {
+                pem.push('\n');
+            }
+        }
+        let der = pki::pem_certificates(pem.as_bytes()).unwrap_or_default();
+        Self { pem, der }
     }
-    let secret_name = spec
-        .and_then(|c| c.secret_name.clone())
-        .unwrap_or_else(|| default_ca_secret_name(policy_name));
-    let request = ca_request(policy_name, spec)?;
-    let kept = match decide_ca(observed, request.renew_before, now) {
-        Reuse::Keep => observed
-            .and_then(|d| Some((d.get(TLS_CRT)?, d.get(TLS_KEY)?)))
-            .and_then(|(crt, key)| CertificateAuthority::from_pem(&crt.0, &key.0).ok())
-            .ok_or(ReissueReason::Unreadable),
-        Reuse::Reissue(reason) => Err(reason),
-    };
-    let (ca, reissued) = match kept {
-        Ok(ca) => (ca, None),
-        Err(reason) => (CertificateAuthority::generate(&request, now)?, Some(reason)),
-    };
-    Ok(ResolvedCa {
-        bundle_pem: ca.chain_pem.clone(),
-        bundle_der: vec![ca.cert_der.clone()],
-        renewal: Some(renewal_time(ca.not_after, request.renew_before)),
-        ca,
-        secret_name,
-        reissued,
-    })
+}
+
+/// A CA you bring: it signs, its own `ca.crt` (or its chain) is the bundle, nothing rotates.
+struct ExistingCa {
+    ca: CertificateAuthority,
+    bundle: Bundle,
 }
 
 fn existing_ca(
     secret: String,
     observed: Option<&SecretData>,
     now: Timestamp,
-) -> Result<ResolvedCa, TlsError> {
+) -> Result<ExistingCa, TlsError> {
     let Some(data) = observed else {
         return Err(TlsError::ExistingCaMissing { secret });
     };
@@ -409,35 +417,82 @@ fn existing_ca(
         )));
     }
     // Its own ca.crt, when present, is the trust anchor; otherwise the whole tls.crt chain.
-    let (bundle_pem, bundle_der) = match data.get(CA_CRT) {
+    let bundle = match data.get(CA_CRT) {
         Some(anchor) => {
             let der = pki::pem_certificates(&anchor.0)
                 .filter(|d| !d.is_empty())
                 .ok_or_else(|| invalid("its ca.crt holds no readable certificate"))?;
             let pem = String::from_utf8(anchor.0.clone())
                 .map_err(|_| invalid("its ca.crt is not text"))?;
-            (pem, der)
+            Bundle { pem, der }
         }
-        None => (
-            ca.chain_pem.clone(),
-            pki::pem_certificates(ca.chain_pem.as_bytes()).unwrap_or_default(),
-        ),
+        None => Bundle {
+            der: pki::pem_certificates(ca.chain_pem.as_bytes()).unwrap_or_default(),
+            pem: ca.chain_pem.clone(),
+        },
     };
-    Ok(ResolvedCa {
-        ca,
-        bundle_pem,
-        bundle_der,
-        secret_name: secret,
-        renewal: None,
-        reissued: None,
-    })
+    Ok(ExistingCa { ca, bundle })
+}
+
+/// The CA side of one reconcile: generated (with its rollover state) or brought by the user.
+enum CaSide {
+    Generated {
+        request: CaRequest,
+        step: Box<rollover::CaStep>,
+    },
+    Existing(ExistingCa),
+}
+
+impl CaSide {
+    fn signing(&self) -> &CertificateAuthority {
+        match self {
+            Self::Generated { step, .. } => &step.state.signing,
+            Self::Existing(e) => &e.ca,
+        }
+    }
+
+    fn phase(&self) -> RolloverPhase {
+        match self {
+            Self::Generated { step, .. } => step.state.phase(),
+            Self::Existing(_) => RolloverPhase::Stable,
+        }
+    }
+
+    fn bundle(&self) -> Bundle {
+        match self {
+            Self::Generated { step, .. } => Bundle::from_pems(&step.state.bundle_pems()),
+            Self::Existing(e) => Bundle {
+                pem: e.bundle.pem.clone(),
+                der: e.bundle.der.clone(),
+            },
+        }
+    }
+
+    /// The outgoing CA certificate while leaves move away from it.
+    fn previous_der(&self) -> Option<&[u8]> {
+        match self {
+            Self::Generated { step, .. } => step.state.previous.as_ref().map(|p| p.der.as_slice()),
+            Self::Existing(_) => None,
+        }
+    }
+}
+
+/// A leaf after this run's decision, before its Secret is written.
+struct LeafOutcome<'r> {
+    request: &'r LeafRequest,
+    observed: Option<&'r SecretData>,
+    chain_pem: Vec<u8>,
+    key_pem: Sensitive<Vec<u8>>,
+    reissued: bool,
 }
 
 /// The CA Secret, the leaf Secrets, the trust bundle and the inventory `policy` asks for, given
 /// what exists (`observed`) at `now`. None when the policy has no `tls` section.
 ///
 /// Existing keys and certificates are kept byte for byte unless [`decide_ca`] / [`decide_leaf`]
-/// say otherwise, so calling this again with its own output changes nothing.
+/// or the CA rollover say otherwise, so calling this again with its own output changes nothing.
+/// A generated CA rolls over in phases ([`RolloverPhase`]), at most one per call: see the
+/// `rollover` module for the steps and for what the CA Secret stores between calls.
 pub fn desired_tls(
     policy: &SecurityPolicy,
     observed: &ObservedTls<'_>,
@@ -453,45 +508,52 @@ pub fn desired_tls(
         .enumerate()
         .map(|(i, c)| leaf_request(tls, c, i))
         .collect::<Result<Vec<_>, _>>()?;
+    let settings = &observed.rollover;
 
-    let resolved = resolve_ca(&policy_name, tls.ca.as_ref(), observed.ca, now)?;
-    let ca = &resolved.ca;
-    let mut issued = Vec::new();
-    if let Some(reason) = resolved.reissued {
-        issued.push(Issuance {
-            name: CA_INVENTORY_NAME.to_string(),
-            secret_name: resolved.secret_name.clone(),
-            reason,
-        });
-    }
-    let is_generated = tls.ca.as_ref().is_none_or(|c| c.existing_secret.is_none());
-    let ca_secret = is_generated.then(|| {
-        tls_secret(
-            policy,
-            &resolved.secret_name,
-            BTreeMap::from([
-                (TLS_CRT.to_string(), bytes(&ca.chain_pem)),
-                (TLS_KEY.to_string(), bytes(ca.key_pem.expose())),
-                (CA_CRT.to_string(), bytes(&resolved.bundle_pem)),
-            ]),
-        )
-    });
-    let ca_inventory = CertificateInventory {
-        name: CA_INVENTORY_NAME.to_string(),
-        secret_name: resolved.secret_name.clone(),
-        serial: ca.serial.clone(),
-        not_after: rfc3339(ca.not_after),
-        renewal_time: resolved.renewal.map(rfc3339),
+    let ca_spec = tls.ca.as_ref();
+    let (mut side, secret_name) = match ca_spec.and_then(|c| c.existing_secret.clone()) {
+        Some(secret) => (
+            CaSide::Existing(existing_ca(secret.clone(), observed.ca, now)?),
+            secret,
+        ),
+        None => {
+            let request = ca_request(&policy_name, ca_spec)?;
+            let state = rollover::observe(observed.ca, observed.ca_annotations, now);
+            let step = rollover::advance(&request, state, observed.rotate_ca, settings, now)?;
+            let name = ca_spec
+                .and_then(|c| c.secret_name.clone())
+                .unwrap_or_else(|| default_ca_secret_name(&policy_name));
+            (
+                CaSide::Generated {
+                    request,
+                    step: Box::new(step),
+                },
+                name,
+            )
+        }
     };
 
-    let mut trusted = resolved.bundle_der.clone();
-    if !trusted.contains(&ca.cert_der) {
-        trusted.push(ca.cert_der.clone());
+    let mut issued = Vec::new();
+    if let CaSide::Generated { step, .. } = &side
+        && let Some(reason) = &step.generated
+    {
+        issued.push(Issuance {
+            name: CA_INVENTORY_NAME.to_string(),
+            secret_name: secret_name.clone(),
+            reason: *reason,
+        });
     }
 
-    let mut next_renewal = resolved.renewal;
-    let mut leaf_secrets = Vec::new();
-    let mut certificates = Vec::new();
+    // Leaves: while they move to a new CA, only that CA keeps them; otherwise any CA of the
+    // bundle as it stands after this step's CA change (the old CA while the new one propagates).
+    let phase = side.phase();
+    let trusted = if phase == RolloverPhase::LeavesReissued {
+        vec![side.signing().cert_der.clone()]
+    } else {
+        side.bundle().der
+    };
+    let mut leaf_moved = false;
+    let mut outcomes = Vec::with_capacity(requests.len());
     for request in &requests {
         let observed_leaf = observed.leaves.get(&request.secret_name).copied();
         let decision = if observed.rotate_leaves {
@@ -499,31 +561,100 @@ pub fn desired_tls(
         } else {
             decide_leaf(request, observed_leaf, &trusted, now)
         };
-        let (chain_pem, key_pem, reissued) = match (decision, observed_leaf) {
-            (Reuse::Keep, Some(data)) => (
-                data[TLS_CRT].0.clone(),
-                Sensitive::new(data[TLS_KEY].0.clone()),
-                false,
-            ),
+        let outcome = match (decision, observed_leaf) {
+            (Reuse::Keep, Some(data)) => LeafOutcome {
+                request,
+                observed: observed_leaf,
+                chain_pem: data[TLS_CRT].0.clone(),
+                key_pem: Sensitive::new(data[TLS_KEY].0.clone()),
+                reissued: false,
+            },
             (decision, _) => {
-                let reason = match decision {
+                let mut reason = match decision {
                     Reuse::Reissue(reason) => reason,
                     Reuse::Keep => ReissueReason::Missing,
                 };
-                let leaf = ca.issue(request, now)?;
+                if let Some(previous) = side.previous_der()
+                    && leaf_signed_by(observed_leaf, previous)
+                {
+                    leaf_moved = true;
+                    if reason == ReissueReason::UntrustedIssuer {
+                        reason = ReissueReason::CaRollover;
+                    }
+                }
+                let leaf = side.signing().issue(request, now)?;
                 issued.push(Issuance {
                     name: request.name.clone(),
                     secret_name: request.secret_name.clone(),
                     reason,
                 });
-                (
-                    leaf.chain_pem.into_bytes(),
-                    Sensitive::new(leaf.key_pem.into_inner().into_bytes()),
-                    true,
-                )
+                LeafOutcome {
+                    request,
+                    observed: observed_leaf,
+                    chain_pem: leaf.chain_pem.into_bytes(),
+                    key_pem: Sensitive::new(leaf.key_pem.into_inner().into_bytes()),
+                    reissued: true,
+                }
             }
         };
-        let chain_der = pki::pem_certificates(&chain_pem).unwrap_or_default();
+        outcomes.push(outcome);
+    }
+
+    // The old CA leaves the bundle only now that every leaf is known to be under the new one.
+    if let CaSide::Generated { step, .. } = &mut side {
+        rollover::finish(step, leaf_moved, settings, now);
+    }
+    let phase = side.phase();
+    let bundle = side.bundle();
+    let ca = side.signing();
+
+    let (ca_secret, ca_renewal, ca_next_step, rotate_ca_handled) = match &side {
+        CaSide::Generated { request, step } => {
+            let state = &step.state;
+            let mut data = BTreeMap::from([
+                (TLS_CRT.to_string(), bytes(&ca.chain_pem)),
+                (TLS_KEY.to_string(), bytes(ca.key_pem.expose())),
+                (CA_CRT.to_string(), bytes(&bundle.pem)),
+            ]);
+            if let Some(Some(next)) = &state.next {
+                data.insert(NEXT_CRT.to_string(), bytes(&next.chain_pem));
+                data.insert(NEXT_KEY.to_string(), bytes(next.key_pem.expose()));
+            }
+            if let Some(previous) = &state.previous {
+                data.insert(PREVIOUS_CRT.to_string(), bytes(&previous.pem));
+            }
+            let mut secret = tls_secret(policy, &secret_name, data);
+            secret.metadata.annotations = Some(state.annotations());
+            (
+                Some(secret),
+                Some(renewal_time(ca.not_after, request.renew_before)),
+                Some(rollover::next_step_at(state, request, settings, now)),
+                observed.rotate_ca && step.rotation_started,
+            )
+        }
+        // Bulwark never rotates a CA it does not own: the request is answered by doing nothing.
+        CaSide::Existing(_) => (None, None, None, observed.rotate_ca),
+    };
+    let ca_inventory = CertificateInventory {
+        name: CA_INVENTORY_NAME.to_string(),
+        secret_name: secret_name.clone(),
+        serial: ca.serial.clone(),
+        not_after: rfc3339(ca.not_after),
+        renewal_time: ca_renewal.map(rfc3339),
+    };
+
+    let mut next_renewal = ca_next_step;
+    if observed.rotate_ca && !rotate_ca_handled {
+        // A request that arrived mid-rollover starts the next one as soon as this one ends.
+        if phase == RolloverPhase::Stable {
+            next_renewal = Some(now);
+        }
+    }
+    let mut leaf_secrets = Vec::new();
+    let mut certificates = Vec::new();
+    for outcome in outcomes {
+        let request = outcome.request;
+        let chain_der = pki::pem_certificates(&outcome.chain_pem).unwrap_or_default();
         let leaf_cert = chain_der.first().and_then(|d| pki::parse_certificate(d));
         let (not_after, serial) = leaf_cert
             .map(|c| (pki::not_after(&c), pki::serial_hex(&c)))
@@ -542,33 +673,49 @@ pub fn desired_tls(
         });
 
         let mut data = BTreeMap::from([
-            (TLS_CRT.to_string(), ByteString(chain_pem)),
-            (TLS_KEY.to_string(), ByteString(key_pem.expose().clone())),
-            (CA_CRT.to_string(), bytes(&resolved.bundle_pem)),
+            (TLS_CRT.to_string(), ByteString(outcome.chain_pem.clone())),
+            (
+                TLS_KEY.to_string(),
+                ByteString(outcome.key_pem.expose().clone()),
+            ),
+            (CA_CRT.to_string(), bytes(&bundle.pem)),
         ]);
         if request.pkcs12 {
             let stores = pkcs12_data(
                 request,
-                observed_leaf,
-                reissued,
-                &resolved,
-                &key_pem,
+                outcome.observed,
+                outcome.reissued,
+                &bundle,
+                &outcome.key_pem,
                 &chain_der,
             )?;
             data.extend(stores);
         }
         leaf_secrets.push(tls_secret(policy, &request.secret_name, data));
     }
+    // A time already passed means "now": never ask for a requeue in the past.
+    let next_renewal = next_renewal.map(|t| t.max(now));
 
     Ok(Some(DesiredTls {
         ca_secret,
         leaf_secrets,
-        trust_bundle: trust_bundle_configmap(policy, &resolved.bundle_pem),
+        trust_bundle: trust_bundle_configmap(policy, &bundle.pem),
         ca: ca_inventory,
         certificates,
         next_renewal,
         issued,
+        phase,
+        rotate_ca_handled,
     }))
+}
+
+/// True when the leaf in `observed` is signed by the CA certificate `ca_der`.
+fn leaf_signed_by(observed: Option<&SecretData>, ca_der: &[u8]) -> bool {
+    observed
+        .and_then(|d| d.get(TLS_CRT))
+        .and_then(|crt| pki::pem_certificates(&crt.0))
+        .and_then(|chain| chain.into_iter().next())
+        .is_some_and(|der| pki::parse_certificate(&der).is_some_and(|c| pki::signed_by(&c, ca_der)))
 }
 
 /// keystore.p12, truststore.p12 and keystore.password: kept as they are while the leaf and the
@@ -577,14 +724,13 @@ fn pkcs12_data(
     request: &LeafRequest,
     observed: Option<&SecretData>,
     reissued: bool,
-    resolved: &ResolvedCa,
+    bundle: &Bundle,
     key_pem: &Sensitive<Vec<u8>>,
     chain_der: &[Vec<u8>],
 ) -> Result<SecretData, TlsError> {
     let keys = [KEYSTORE_P12, TRUSTSTORE_P12, KEYSTORE_PASSWORD];
     if let Some(data) = observed {
-        let same_bundle =
-            data.get(CA_CRT).map(|b| b.0.as_slice()) == Some(resolved.bundle_pem.as_bytes());
+        let same_bundle = data.get(CA_CRT).map(|b| b.0.as_slice()) == Some(bundle.pem.as_bytes());
         if !reissued && same_bundle && keys.iter().all(|k| data.contains_key(*k)) {
             return Ok(keys
                 .iter()
@@ -610,7 +756,7 @@ fn pkcs12_data(
         .ok_or_else(|| keystore_err("tls.key is not readable".to_string()))?;
     let keystore =
         keystore_p12(&request.name, &key_der, chain_der, &password).map_err(keystore_err)?;
-    let truststore = truststore_p12(&resolved.bundle_der, &password).map_err(keystore_err)?;
+    let truststore = truststore_p12(&bundle.der, &password).map_err(keystore_err)?;
     Ok(BTreeMap::from([
         (KEYSTORE_P12.to_string(), ByteString(keystore)),
         (TRUSTSTORE_P12.to_string(), ByteString(truststore)),

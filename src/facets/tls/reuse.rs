@@ -38,8 +38,11 @@ pub enum ReissueReason {
     KeyAlgorithmChanged,
     /// Renewal time (notAfter - renewBefore) has come.
     RenewalDue,
-    /// A user asked for it (annotation `bulwark.dev/rotate`).
+    /// A user asked for it (annotation `bulwark.dev/rotate`, or `bulwark.dev/rotate-ca` for
+    /// the CA).
     RotationRequested,
+    /// The leaf moves under the new CA of a rollover.
+    CaRollover,
 }
 
 impl ReissueReason {
@@ -57,6 +60,7 @@ impl ReissueReason {
             Self::KeyAlgorithmChanged => "KeyAlgorithmChanged",
             Self::RenewalDue => "RenewalDue",
             Self::RotationRequested => "RotationRequested",
+            Self::CaRollover => "CARollover",
         }
     }
 }

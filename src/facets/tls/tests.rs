@@ -41,6 +41,7 @@ fn later(h: u64) -> Timestamp {
 /// Secrets of a previous run, as the reconciler would read them back.
 struct World {
     ca: Option<SecretData>,
+    ca_annotations: Option<BTreeMap<String, String>>,
     leaves: BTreeMap<String, SecretData>,
 }
 
@@ -48,6 +49,7 @@ impl World {
     fn empty() -> Self {
         Self {
             ca: None,
+            ca_annotations: None,
             leaves: BTreeMap::new(),
         }
     }
@@ -55,6 +57,10 @@ impl World {
     fn after(desired: &DesiredTls) -> Self {
         Self {
             ca: desired.ca_secret.as_ref().map(data),
+            ca_annotations: desired
+                .ca_secret
+                .as_ref()
+                .and_then(|s| s.metadata.annotations.clone()),
             leaves: desired
                 .leaf_secrets
                 .iter()
@@ -66,8 +72,9 @@ impl World {
     fn observed(&self) -> ObservedTls<'_> {
         ObservedTls {
             ca: self.ca.as_ref(),
+            ca_annotations: self.ca_annotations.as_ref(),
             leaves: self.leaves.iter().map(|(k, v)| (k.clone(), v)).collect(),
-            rotate_leaves: false,
+            ..ObservedTls::default()
         }
     }
 }
@@ -513,7 +520,7 @@ fn inventory_reports_rfc3339_times_and_requeues_at_the_earliest_renewal() {
 }
 
 #[test]
-fn renewal_time_reissues_the_leaf_and_ca_renewal_reissues_everything() {
+fn renewal_time_reissues_the_leaf_and_ca_renewal_starts_a_rollover() {
     let p = policy(POLICY);
     let first = run(&p, &World::empty(), now());
     let world = World::after(&first);
@@ -532,15 +539,23 @@ fn renewal_time_reissues_the_leaf_and_ca_renewal_reissues_everything() {
     );
     let world = World::after(&renewed);
     let ca_renewed = run(&p, &world, later(43800 - 8760));
+    assert_eq!(ca_renewed.phase, RolloverPhase::NewCaTrusted);
     let got = reasons(&ca_renewed);
     assert_eq!(got[0], ("ca".to_string(), ReissueReason::RenewalDue));
+    // The leaves expired long ago: renewed, but still under the old CA, which signs until the
+    // new one has propagated.
     assert!(
         got[1..]
             .iter()
-            .all(|(_, r)| *r == ReissueReason::UntrustedIssuer),
+            .all(|(_, r)| *r == ReissueReason::RenewalDue),
         "{got:?}"
     );
     assert_eq!(got.len(), 3);
+    let old_ca = data(first.ca_secret.as_ref().unwrap());
+    let old_der = &pki::pem_certificates(&old_ca[TLS_CRT].0).unwrap()[0];
+    for s in &ca_renewed.leaf_secrets {
+        assert!(leaf_signed_by(s.data.as_ref(), old_der));
+    }
 }
 
 #[test]
@@ -580,7 +595,7 @@ fn existing_ca_signs_leaves_and_is_never_written() {
     let p = policy(&yaml);
     let world = World {
         ca: Some(own_data.clone()),
-        leaves: BTreeMap::new(),
+        ..World::empty()
     };
     let desired = run(&p, &world, now());
     assert!(desired.ca_secret.is_none());
@@ -838,4 +853,369 @@ fn rotation_request_reissues_every_leaf_once_and_keeps_the_ca() {
     let settled = run(&p, &World::after(&rotated), later(2));
     assert!(settled.issued.is_empty(), "{:?}", settled.issued);
     assert_eq!(settled.leaf_secrets, rotated.leaf_secrets);
+}
+
+const ROLLOVER_POLICY: &str = r#"
+tiers:
+  data: {podSelector: {matchLabels: {tier: data}}}
+tls:
+  ca: {secretName: traffic-ca, commonName: traffic-ca, duration: 4000h, renewBefore: 1000h}
+  certificates:
+    - {name: kafka, secretName: kafka-tls, dnsNames: [kafka.traffic.svc], usages: [server, client], formats: [PKCS12]}
+    - {name: postgres, secretName: postgres-tls, dnsNames: [postgres.traffic.svc]}
+"#;
+
+fn minutes(m: u64) -> Duration {
+    Duration::from_secs(m * 60)
+}
+
+fn settings() -> RolloverSettings {
+    RolloverSettings {
+        overlap: hours(24),
+        propagation: minutes(10),
+    }
+}
+
+fn observed_with<'a>(world: &'a World, rotate_ca: bool) -> ObservedTls<'a> {
+    ObservedTls {
+        rotate_ca,
+        rollover: settings(),
+        ..world.observed()
+    }
+}
+
+fn step(p: &SecurityPolicy, world: &World, at: Timestamp, rotate_ca: bool) -> DesiredTls {
+    desired_tls(p, &observed_with(world, rotate_ca), at)
+        .unwrap()
+        .unwrap()
+}
+
+fn bundle_of(desired: &DesiredTls) -> String {
+    desired.trust_bundle.data.as_ref().unwrap()[CA_CRT].clone()
+}
+
+fn bundle_ders(desired: &DesiredTls) -> Vec<Vec<u8>> {
+    pki::pem_certificates(bundle_of(desired).as_bytes()).unwrap()
+}
+
+/// The DER of the CA certificate that signs in `desired` (tls.crt of the CA Secret).
+fn signing_der(desired: &DesiredTls) -> Vec<u8> {
+    let ca = data(desired.ca_secret.as_ref().unwrap());
+    pki::pem_certificates(&ca[TLS_CRT].0).unwrap().remove(0)
+}
+
+/// Every leaf's served certificate verifies against `bundle_pem`, by signature and by openssl.
+fn assert_leaves_trusted(desired: &DesiredTls, bundle_pem: &str, at: Timestamp, label: &str) {
+    let bundle = pki::pem_certificates(bundle_pem.as_bytes()).unwrap();
+    let dir = scratch("rollover");
+    let ca_path = dir.join("bundle.crt");
+    std::fs::write(&ca_path, bundle_pem).unwrap();
+    for s in &desired.leaf_secrets {
+        let chain = pki::pem_certificates(text(s, TLS_CRT).as_bytes()).unwrap();
+        let cert = pki::parse_certificate(&chain[0]).unwrap();
+        assert!(
+            bundle.iter().any(|ca| pki::signed_by(&cert, ca)),
+            "{label}: {} is not signed by any CA of the bundle",
+            s.name_any()
+        );
+        let path = dir.join(format!("{}.crt", s.name_any()));
+        std::fs::write(&path, text(s, TLS_CRT)).unwrap();
+        let when = (at.as_second() + 60).to_string();
+        let (ok, out) = openssl(&[
+            "verify",
+            "-attime",
+            &when,
+            "-CAfile",
+            ca_path.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ]);
+        assert!(ok, "{label}: openssl verify {}: {out}", s.name_any());
+    }
+}
+
+/// Drives the reconcile loop through a whole rollover, feeding each output back as what exists,
+/// and checks at every step that clients reading this step's bundle, or the previous step's,
+/// trust every served certificate.
+#[test]
+fn ca_rollover_never_breaks_trust_for_clients_one_step_behind() {
+    let p = policy(ROLLOVER_POLICY);
+    let renewal = later(3000);
+    let first = step(&p, &World::empty(), now(), false);
+    let old_ca = signing_der(&first);
+    // Leaves renew at 1440h and 2880h; the CA renews at 3000h.
+    let mut at = vec![now(), later(1), later(1440), later(2880), later(2999)];
+    let rollover_start = renewal;
+    at.extend([
+        rollover_start,                                     // -> NewCaTrusted
+        pki::plus(rollover_start, minutes(5)),              // waiting for propagation
+        pki::plus(rollover_start, minutes(10)),             // -> LeavesReissued
+        pki::plus(rollover_start, hours(1)),                // overlap running
+        pki::plus(rollover_start, minutes(10) + hours(23)), // still running
+        pki::plus(rollover_start, minutes(10) + hours(24)), // -> Stable
+        pki::plus(rollover_start, hours(30)),
+    ]);
+    let mut previous = first;
+    let mut phases = vec![previous.phase];
+    let mut moved_at = None;
+    for (i, t) in at.iter().copied().enumerate().skip(1) {
+        let world = World::after(&previous);
+        let desired = step(&p, &world, t, false);
+        let label = format!("step {i} at {t} ({})", desired.phase.as_str());
+        let bundle = bundle_of(&desired);
+        assert_leaves_trusted(&desired, &bundle, t, &label);
+        assert_leaves_trusted(
+            &desired,
+            &bundle_of(&previous),
+            t,
+            &format!("{label}, lagging"),
+        );
+        // Every copy of the bundle says the same thing.
+        assert_eq!(text(desired.ca_secret.as_ref().unwrap(), CA_CRT), bundle);
+        for s in &desired.leaf_secrets {
+            assert_eq!(text(s, CA_CRT), bundle, "{label}");
+        }
+        let kafka = leaf(&desired, "kafka-tls");
+        let ts = KeyStore::from_pkcs12(
+            &kafka.data.as_ref().unwrap()[TRUSTSTORE_P12].0,
+            &text(kafka, KEYSTORE_PASSWORD),
+            Pkcs12ImportPolicy::Strict,
+        )
+        .unwrap();
+        let mut trusted: Vec<_> = ts
+            .entries()
+            .filter_map(|(_, e)| match e {
+                KeyStoreEntry::Certificate(c) => Some(c.as_der().to_vec()),
+                _ => None,
+            })
+            .collect();
+        let mut expected = bundle_ders(&desired);
+        trusted.sort();
+        expected.sort();
+        assert_eq!(trusted, expected, "{label}: truststore.p12 is the bundle");
+
+        // The old CA stays until every leaf moved and the overlap passed.
+        let still_trusted = bundle_ders(&desired).contains(&old_ca);
+        let all_moved = desired
+            .leaf_secrets
+            .iter()
+            .all(|s| !leaf_signed_by(s.data.as_ref(), &old_ca));
+        if all_moved && moved_at.is_none() {
+            moved_at = Some(t);
+        }
+        if !still_trusted {
+            let moved = moved_at.expect("old CA dropped before every leaf moved");
+            assert!(
+                t >= pki::plus(moved, hours(24)),
+                "{label}: overlap cut short"
+            );
+        }
+        // At most one phase per step.
+        let order = |ph: RolloverPhase| match ph {
+            RolloverPhase::Stable => 0,
+            RolloverPhase::NewCaTrusted => 1,
+            RolloverPhase::LeavesReissued => 2,
+        };
+        let (a, b) = (order(previous.phase), order(desired.phase));
+        assert!(
+            b == a || b == (a + 1) % 3,
+            "{label}: jumped from {a} to {b}"
+        );
+        // A restart here (same Secrets, same clock) changes nothing when nothing is due.
+        if desired.issued.is_empty() || desired.phase != previous.phase {
+            let again = step(&p, &World::after(&desired), t, false);
+            if again.phase == desired.phase {
+                assert!(again.issued.is_empty(), "{label}: {:?}", again.issued);
+                assert_eq!(again.ca_secret, desired.ca_secret, "{label}");
+                assert_eq!(again.leaf_secrets, desired.leaf_secrets, "{label}");
+                assert_eq!(again.trust_bundle, desired.trust_bundle, "{label}");
+            }
+        }
+        phases.push(desired.phase);
+        previous = desired;
+    }
+    use RolloverPhase::*;
+    assert_eq!(
+        phases,
+        vec![
+            Stable,
+            Stable,
+            Stable,
+            Stable,
+            Stable,
+            NewCaTrusted,
+            NewCaTrusted,
+            LeavesReissued,
+            LeavesReissued,
+            LeavesReissued,
+            Stable,
+            Stable,
+        ]
+    );
+    let new_ca = signing_der(&previous);
+    assert_ne!(new_ca, old_ca);
+    assert_eq!(bundle_ders(&previous), vec![new_ca]);
+    assert_eq!(moved_at, Some(pki::plus(rollover_start, minutes(10))));
+    assert!(
+        !previous
+            .ca_secret
+            .as_ref()
+            .unwrap()
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .any(|k| k == PREVIOUS_CRT || k == NEXT_CRT || k == NEXT_KEY)
+    );
+}
+
+#[test]
+fn each_rollover_phase_stores_its_state_in_the_ca_secret_and_requeues_at_its_end() {
+    let p = policy(ROLLOVER_POLICY);
+    let first = step(&p, &World::empty(), now(), false);
+    let annotations = |d: &DesiredTls| d.ca_secret.as_ref().unwrap().annotations().clone();
+    assert_eq!(first.phase.as_str(), "Stable");
+    assert_eq!(annotations(&first)[ANNOTATION_ROLLOVER_PHASE], "Stable");
+    assert!(!annotations(&first).contains_key(ANNOTATION_ROLLOVER_SINCE));
+    assert_eq!(first.next_renewal, Some(later(1440)));
+
+    let t0 = later(2);
+    let trusted = step(&p, &World::after(&first), t0, true);
+    assert_eq!(trusted.phase, RolloverPhase::NewCaTrusted);
+    let ca = data(trusted.ca_secret.as_ref().unwrap());
+    assert_eq!(
+        ca[TLS_CRT],
+        data(first.ca_secret.as_ref().unwrap())[TLS_CRT]
+    );
+    assert!(ca.contains_key(NEXT_CRT) && ca.contains_key(NEXT_KEY));
+    assert!(!ca.contains_key(PREVIOUS_CRT));
+    assert_eq!(
+        annotations(&trusted)[ANNOTATION_ROLLOVER_PHASE],
+        "NewCATrusted"
+    );
+    assert_eq!(
+        annotations(&trusted)[ANNOTATION_ROLLOVER_SINCE],
+        t0.to_string()
+    );
+    assert_eq!(trusted.next_renewal, Some(pki::plus(t0, minutes(10))));
+
+    let t1 = pki::plus(t0, minutes(10));
+    let moved = step(&p, &World::after(&trusted), t1, false);
+    assert_eq!(moved.phase, RolloverPhase::LeavesReissued);
+    let ca = data(moved.ca_secret.as_ref().unwrap());
+    assert_eq!(
+        ca[TLS_CRT],
+        data(trusted.ca_secret.as_ref().unwrap())[NEXT_CRT]
+    );
+    assert_eq!(
+        ca[TLS_KEY],
+        data(trusted.ca_secret.as_ref().unwrap())[NEXT_KEY]
+    );
+    assert_eq!(
+        ca[PREVIOUS_CRT],
+        data(first.ca_secret.as_ref().unwrap())[TLS_CRT]
+    );
+    assert!(
+        !ca.contains_key(NEXT_KEY),
+        "the old key is gone once it signs nothing"
+    );
+    assert_eq!(
+        reasons(&moved),
+        vec![
+            ("kafka".to_string(), ReissueReason::CaRollover),
+            ("postgres".to_string(), ReissueReason::CaRollover),
+        ]
+    );
+    // The bundle's bytes did not change when the new CA started signing: no pointless reload.
+    assert_eq!(bundle_of(&moved), bundle_of(&trusted));
+    assert_eq!(moved.next_renewal, Some(pki::plus(t1, hours(24))));
+
+    // A restart with the annotations lost never shortens the overlap.
+    let mut forgetful = World::after(&moved);
+    forgetful.ca_annotations = None;
+    let t2 = pki::plus(t1, hours(25));
+    let restarted = step(&p, &forgetful, t2, false);
+    assert_eq!(restarted.phase, RolloverPhase::LeavesReissued);
+    assert_eq!(restarted.next_renewal, Some(pki::plus(t2, hours(24))));
+
+    // With no propagation delay the next phase is due at once: requeue now.
+    let immediate = desired_tls(
+        &p,
+        &ObservedTls {
+            rotate_ca: true,
+            rollover: RolloverSettings {
+                overlap: hours(1),
+                propagation: Duration::ZERO,
+            },
+            ..World::after(&first).observed()
+        },
+        t0,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(immediate.phase, RolloverPhase::NewCaTrusted);
+    assert_eq!(immediate.next_renewal, Some(t0));
+}
+
+#[test]
+fn rotate_ca_starts_a_rollover_before_renewal_and_nothing_rotates_without_a_trigger() {
+    let p = policy(ROLLOVER_POLICY);
+    let first = step(&p, &World::empty(), now(), false);
+    let world = World::after(&first);
+    // No trigger: nothing moves, however often it runs before the CA's renewal time.
+    for h in [1, 100, 1439] {
+        let quiet = step(&p, &world, later(h), false);
+        assert_eq!(quiet.phase, RolloverPhase::Stable);
+        assert!(quiet.issued.is_empty(), "{:?}", quiet.issued);
+        assert_eq!(quiet.ca_secret, first.ca_secret);
+        assert_eq!(quiet.leaf_secrets, first.leaf_secrets);
+        assert!(!quiet.rotate_ca_handled);
+    }
+    // Just before the CA's renewal time the leaves renew, the CA does not.
+    let late = step(&p, &world, later(2999), false);
+    assert_eq!(late.phase, RolloverPhase::Stable);
+    assert_eq!(late.ca_secret, first.ca_secret);
+    assert!(late.issued.iter().all(|i| i.name != CA_INVENTORY_NAME));
+    assert_eq!(late.next_renewal, Some(later(3000)));
+
+    let rotated = step(&p, &world, later(1), true);
+    assert_eq!(rotated.phase, RolloverPhase::NewCaTrusted);
+    assert!(rotated.rotate_ca_handled);
+    assert_eq!(
+        reasons(&rotated),
+        vec![("ca".to_string(), ReissueReason::RotationRequested)]
+    );
+    // Leaves untouched, new CA trusted beside the old one.
+    for s in &rotated.leaf_secrets {
+        let before = leaf(&first, &s.name_any());
+        assert_eq!(text(s, TLS_CRT), text(before, TLS_CRT));
+        assert_eq!(text(s, TLS_KEY), text(before, TLS_KEY));
+    }
+    assert_eq!(bundle_ders(&rotated).len(), 2);
+
+    // A second request while the rollover runs waits for it to end instead of piling up.
+    let world = World::after(&rotated);
+    let again = step(&p, &world, later(1), true);
+    assert!(!again.rotate_ca_handled);
+    assert!(again.issued.is_empty(), "{:?}", again.issued);
+    assert_eq!(again.ca_secret, rotated.ca_secret);
+
+    // A CA you bring is never rotated; the request is answered by doing nothing.
+    let own = ca(KeyKind::EcdsaP256, "corp-root");
+    let own_data = BTreeMap::from([
+        (TLS_CRT.to_string(), bytes(&own.chain_pem)),
+        (TLS_KEY.to_string(), bytes(own.key_pem.expose())),
+    ]);
+    let byo = policy(&ROLLOVER_POLICY.replace(
+        "ca: {secretName: traffic-ca, commonName: traffic-ca, duration: 4000h, renewBefore: 1000h}",
+        "ca: {existingSecret: corp-ca}",
+    ));
+    let byo_world = World {
+        ca: Some(own_data),
+        ..World::empty()
+    };
+    let desired = step(&byo, &byo_world, later(1), true);
+    assert!(desired.ca_secret.is_none());
+    assert_eq!(desired.phase, RolloverPhase::Stable);
+    assert!(desired.rotate_ca_handled);
+    assert_eq!(bundle_of(&desired), own.chain_pem);
 }

@@ -1,0 +1,265 @@
+//! Applies the TLS facet: reads what exists, lets the pure builder decide, writes the difference.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use super::status::{ConditionStatus, FacetReport};
+use super::{Context, Error};
+use crate::api::{CaSpec, CertificateStatus, GoDuration, ManagedObject, SecurityPolicy};
+use crate::facets::tls::{
+    CertificateInventory, ObservedTls, RolloverSettings, SecretData, TlsError, ca_secret_name,
+    desired_tls,
+};
+use crate::kube_io::{Applier, ApplyError, Facet, is_produced_by};
+
+/// Annotation whose new value re-issues every leaf once.
+pub const ROTATE_ANNOTATION: &str = "bulwark.dev/rotate";
+/// Annotation whose new value starts a CA rollover.
+pub const ROTATE_CA_ANNOTATION: &str = "bulwark.dev/rotate-ca";
+
+/// What the TLS facet reports back to the reconciler.
+pub struct TlsOutcome {
+    pub report: FacetReport,
+    pub certificates: Vec<CertificateStatus>,
+    pub next_renewal: Option<jiff::Timestamp>,
+    /// Something outside our watches (a foreign object, a missing input) must be looked at again.
+    pub recheck: bool,
+    /// The rotate annotation value this run acted upon.
+    pub handled_rotation: Option<String>,
+    /// The rotate-ca annotation value this run acted upon.
+    pub handled_ca_rotation: Option<String>,
+    pub phase: Option<String>,
+}
+
+fn report(status: ConditionStatus, reason: &str, message: String) -> FacetReport {
+    FacetReport {
+        facet: Facet::Tls,
+        status,
+        reason: reason.into(),
+        message,
+    }
+}
+
+pub async fn reconcile_tls(
+    policy: &SecurityPolicy,
+    ctx: &Context,
+    applier: &Applier<'_>,
+    ns: &str,
+    managed: &mut Vec<ManagedObject>,
+) -> Result<Option<TlsOutcome>, Error> {
+    let Some(tls) = policy.spec.tls.as_ref() else {
+        return Ok(None);
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let mut conflicts = Vec::new();
+
+    // Only objects this policy produced count as observed: a foreign Secret is neither read as ours nor written.
+    let mut observed_ca: Option<SecretData> = None;
+    let byo_ca = tls.ca.as_ref().and_then(|c| c.existing_secret.clone());
+    let mut ca_annotations: Option<BTreeMap<String, String>> = None;
+    let ca_name = byo_ca.clone().or_else(|| ca_secret_name(policy));
+    if let Some(name) = ca_name
+        && let Some(secret) = secrets
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube("read CA Secret"))?
+    {
+        if byo_ca.is_some() || is_produced_by(&secret.metadata, policy) {
+            ca_annotations = secret.metadata.annotations;
+            observed_ca = secret.data;
+        } else {
+            conflicts.push(format!("Secret {name}"));
+        }
+    }
+    let mut observed_leaves: BTreeMap<String, SecretData> = BTreeMap::new();
+    for cert in &tls.certificates {
+        if let Some(secret) = secrets
+            .get_opt(&cert.secret_name)
+            .await
+            .map_err(Error::kube("read certificate Secret"))?
+        {
+            if is_produced_by(&secret.metadata, policy) {
+                observed_leaves.insert(cert.secret_name.clone(), secret.data.unwrap_or_default());
+            } else {
+                conflicts.push(format!("Secret {}", cert.secret_name));
+            }
+        }
+    }
+
+    let requested_rotation = policy.annotations().get(ROTATE_ANNOTATION).cloned();
+    let handled = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.handled_rotation.clone());
+    let rotate_leaves = requested_rotation.is_some() && requested_rotation != handled;
+    let requested_ca_rotation = policy.annotations().get(ROTATE_CA_ANNOTATION).cloned();
+    let handled_ca = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.handled_ca_rotation.clone());
+    let rotate_ca = requested_ca_rotation.is_some() && requested_ca_rotation != handled_ca;
+    let rollover = rollover_settings(tls.ca.as_ref());
+
+    let owned_policy = policy.clone();
+    let now = jiff::Timestamp::now();
+    // Key generation (RSA especially) is CPU-bound: keep it off the async workers.
+    let desired = tokio::task::spawn_blocking(move || {
+        let observed = ObservedTls {
+            ca: observed_ca.as_ref(),
+            leaves: observed_leaves
+                .iter()
+                .map(|(k, v)| (k.clone(), v))
+                .collect(),
+            rotate_leaves,
+            ca_annotations: ca_annotations.as_ref(),
+            rotate_ca,
+            rollover,
+        };
+        desired_tls(&owned_policy, &observed, now)
+    })
+    .await
+    .expect("TLS builder does not panic");
+
+    let desired = match desired {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
+        Err(e) => return Ok(Some(failed(e, handled, handled_ca))),
+    };
+
+    let mut writes = Vec::new();
+    if let Some(ca) = desired.ca_secret.clone() {
+        writes.push(ca);
+    }
+    writes.extend(desired.leaf_secrets.iter().cloned());
+    for secret in writes {
+        let name = secret.name_any();
+        if conflicts.iter().any(|c| c == &format!("Secret {name}")) {
+            continue;
+        }
+        match applier.apply(&secrets, secret).await {
+            Ok(_) => managed.push(managed_object("Secret", &name)),
+            Err(ApplyError::Conflict { kind, name }) => conflicts.push(format!("{kind} {name}")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let bundle_name = desired.trust_bundle.name_any();
+    match applier
+        .apply(&configmaps, desired.trust_bundle.clone())
+        .await
+    {
+        Ok(_) => managed.push(managed_object("ConfigMap", &bundle_name)),
+        Err(ApplyError::Conflict { kind, name }) => conflicts.push(format!("{kind} {name}")),
+        Err(e) => return Err(e.into()),
+    }
+
+    let reference = policy.object_ref(&());
+    for issued in &desired.issued {
+        let event = KubeEvent {
+            type_: EventType::Normal,
+            reason: "Issued".into(),
+            note: Some(format!(
+                "certificate {} (Secret {}) issued: {}",
+                issued.name,
+                issued.secret_name,
+                issued.reason.as_str()
+            )),
+            action: "Issue".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "could not record event");
+        }
+    }
+
+    let certificates = std::iter::once(&desired.ca)
+        .chain(desired.certificates.iter())
+        .map(certificate_status)
+        .collect();
+    let report = if conflicts.is_empty() {
+        report(
+            ConditionStatus::True,
+            "Issued",
+            format!(
+                "CA and {} certificate(s) valid and trusted",
+                desired.certificates.len()
+            ),
+        )
+    } else {
+        report(
+            ConditionStatus::False,
+            "Conflict",
+            format!(
+                "spec.tls: {} already exist(s) without Bulwark's labels and was left untouched; rename or remove it",
+                conflicts.join(", ")
+            ),
+        )
+    };
+    Ok(Some(TlsOutcome {
+        recheck: !conflicts.is_empty(),
+        report,
+        certificates,
+        next_renewal: desired.next_renewal,
+        handled_rotation: if conflicts.is_empty() {
+            requested_rotation
+        } else {
+            handled
+        },
+        handled_ca_rotation: if desired.rotate_ca_handled && conflicts.is_empty() {
+            requested_ca_rotation
+        } else {
+            handled_ca
+        },
+        phase: Some(desired.phase.as_str().to_string()),
+    }))
+}
+
+fn failed(e: TlsError, handled: Option<String>, handled_ca: Option<String>) -> TlsOutcome {
+    let recheck = matches!(
+        e,
+        TlsError::ExistingCaMissing { .. } | TlsError::ExistingCaInvalid { .. }
+    );
+    TlsOutcome {
+        report: report(ConditionStatus::False, e.reason(), e.to_string()),
+        certificates: Vec::new(),
+        next_renewal: None,
+        recheck,
+        handled_rotation: handled,
+        handled_ca_rotation: handled_ca,
+        phase: None,
+    }
+}
+
+/// Rollover timing from the spec; unparsable values cannot pass admission, so they fall back to defaults.
+fn rollover_settings(ca: Option<&CaSpec>) -> RolloverSettings {
+    let mut settings = RolloverSettings::default();
+    let parse = |v: Option<&String>| v.and_then(|v| v.parse::<GoDuration>().ok()).map(|d| d.0);
+    if let Some(d) = parse(ca.and_then(|c| c.rollover_overlap.as_ref())) {
+        settings.overlap = d;
+    }
+    if let Some(d) = parse(ca.and_then(|c| c.rollover_propagation.as_ref())) {
+        settings.propagation = d;
+    }
+    settings
+}
+
+fn managed_object(kind: &str, name: &str) -> ManagedObject {
+    ManagedObject {
+        kind: kind.into(),
+        name: name.into(),
+        facet: Facet::Tls.label().into(),
+    }
+}
+
+fn certificate_status(c: &CertificateInventory) -> CertificateStatus {
+    CertificateStatus {
+        name: c.name.clone(),
+        secret_name: c.secret_name.clone(),
+        serial: c.serial.clone(),
+        not_after: c.not_after.clone(),
+        renewal_time: c.renewal_time.clone(),
+    }
+}
