@@ -10,8 +10,7 @@ use super::status::{ConditionStatus, FacetReport};
 use super::{Context, Error};
 use crate::api::{CaSpec, CertificateStatus, GoDuration, ManagedObject, SecurityPolicy};
 use crate::facets::tls::{
-    CertificateInventory, ObservedTls, RolloverSettings, SecretData, TlsError, ca_secret_name,
-    desired_tls,
+    ObservedTls, RolloverSettings, SecretData, TlsError, ca_secret_name, desired_tls,
 };
 use crate::kube_io::{Applier, ApplyError, Facet, is_produced_by};
 
@@ -177,7 +176,7 @@ pub async fn reconcile_tls(
 
     let certificates = std::iter::once(&desired.ca)
         .chain(desired.certificates.iter())
-        .map(certificate_status)
+        .cloned()
         .collect();
     let report = if conflicts.is_empty() {
         report(
@@ -251,15 +250,5 @@ fn managed_object(kind: &str, name: &str) -> ManagedObject {
         kind: kind.into(),
         name: name.into(),
         facet: Facet::Tls.label().into(),
-    }
-}
-
-fn certificate_status(c: &CertificateInventory) -> CertificateStatus {
-    CertificateStatus {
-        name: c.name.clone(),
-        secret_name: c.secret_name.clone(),
-        serial: c.serial.clone(),
-        not_after: c.not_after.clone(),
-        renewal_time: c.renewal_time.clone(),
     }
 }

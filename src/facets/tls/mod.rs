@@ -17,7 +17,6 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
-use serde::{Deserialize, Serialize};
 
 use crate::api::{
     CaSpec, CertificateSpec, GoDuration, KeystoreFormat, ParseDurationError, SecurityPolicy,
@@ -117,19 +116,7 @@ impl TlsError {
 }
 
 /// One certificate in status: what it is, where it lives, when it expires and renews.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificateInventory {
-    pub name: String,
-    pub secret_name: String,
-    /// Serial number, lowercase hex.
-    pub serial: String,
-    /// RFC 3339.
-    pub not_after: String,
-    /// RFC 3339; absent for a CA you bring (Bulwark never renews it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub renewal_time: Option<String>,
-}
+pub use crate::api::CertificateStatus as CertificateInventory;
 
 /// What exists now: the data of the CA Secret and of each leaf Secret, by Secret name, plus the
 /// requests and settings that steer rotation. Build it with `..Default::default()` so new fields
