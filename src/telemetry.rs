@@ -43,6 +43,13 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    namespace: String,
+    policy: String,
+    certificate: String,
+}
+
 /// The operator's Prometheus metrics.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +57,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     writes: Family<KindLabel, Counter>,
     managed: Family<KindLabel, Gauge>,
+    not_after: Family<CertificateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -81,7 +89,14 @@ impl Default for Metrics {
             "Objects produced and kept by the operator, by kind (last reconciled policy counts)",
             managed.clone(),
         );
+        let not_after = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_not_after_seconds",
+            "Expiry of each CA and certificate, Unix seconds",
+            not_after.clone(),
+        );
         Self {
+            not_after,
             registry,
             reconciles,
             reconcile_duration,
@@ -118,6 +133,31 @@ impl Metrics {
         self.managed
             .get_or_create(&KindLabel { kind: kind.into() })
             .set(count);
+    }
+
+    /// Replaces the expiry gauges of one policy's certificates (`certs` empty: the policy is gone).
+    pub fn set_certificates(
+        &self,
+        namespace: &str,
+        policy: &str,
+        previous: &[String],
+        certs: &[(String, i64)],
+    ) {
+        for name in previous {
+            self.not_after.remove(&CertificateLabels {
+                namespace: namespace.into(),
+                policy: policy.into(),
+                certificate: name.clone(),
+            });
+        }
+        for (name, not_after) in certs {
+            let labels = CertificateLabels {
+                namespace: namespace.into(),
+                policy: policy.into(),
+                certificate: name.clone(),
+            };
+            self.not_after.get_or_create(&labels).set(*not_after);
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -219,6 +219,7 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
         "bulwark_reconcile_duration_seconds",
         "bulwark_api_writes_total",
         "bulwark_managed_objects",
+        "bulwark_certificate_not_after_seconds{namespace=\"leader\",policy=\"traffic\",certificate=\"kafka\"}",
     ] {
         assert!(metrics.contains(family), "{family} missing from /metrics");
     }

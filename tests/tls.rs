@@ -320,3 +320,205 @@ async fn ca_rollover_keeps_every_leaf_trusted_through_each_phase() {
     std::fs::remove_dir_all(&dir).ok();
     operator.stop().await;
 }
+
+/// A rustls server serving `chain_pem`/`key_pem` and a rustls client trusting only `trusted_pem`
+/// complete a handshake for `server_name` over loopback.
+fn rustls_handshake(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    trusted_pem: &[u8],
+    server_name: &str,
+) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
+    let server_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(trusted_pem) {
+        roots
+            .add(ca.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut buf = [0u8; 5];
+        if tls.read_exact(&mut buf).is_ok() {
+            let _ = tls.write_all(b"pong!");
+            let _ = tls.flush();
+        }
+    });
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let conn =
+        rustls::ClientConnection::new(Arc::new(client_config), name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(addr).unwrap());
+    let result = tls
+        .write_all(b"ping!")
+        .and_then(|_| tls.flush())
+        .and_then(|_| {
+            let mut buf = [0u8; 5];
+            tls.read_exact(&mut buf).map(|_| buf)
+        });
+    drop(tls);
+    server.join().unwrap();
+    match result {
+        Ok(buf) if &buf == b"pong!" => Ok(()),
+        Ok(_) => Err("unexpected reply".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rustls_peers_handshake_and_san_changes_reissue_only_that_certificate() {
+    let client = client().await;
+    let ns = namespace(&client, "tls-rustls").await;
+    let operator = Operator::start(&client, &ns);
+    let mut policy = example_policy(&ns);
+    apply_policy(&client, &policy).await.unwrap();
+    wait_condition(&client, &ns, "traffic", "TLSReady", "True").await;
+
+    let api_tls = secret_data(&client, &ns, "api-tls").await;
+    rustls_handshake(
+        &api_tls["tls.crt"],
+        &api_tls["tls.key"],
+        &api_tls["ca.crt"],
+        "api.traffic.svc",
+    )
+    .expect("client trusting ca.crt accepts the API certificate");
+    let kafka = secret_data(&client, &ns, "kafka-tls").await;
+    rustls_handshake(
+        &kafka["tls.crt"],
+        &kafka["tls.key"],
+        &kafka["ca.crt"],
+        "broker-0.kafka-brokers.traffic.svc",
+    )
+    .expect("wildcard SAN matches a broker name");
+    let err = rustls_handshake(
+        &api_tls["tls.crt"],
+        &api_tls["tls.key"],
+        &api_tls["ca.crt"],
+        "db.traffic.svc",
+    )
+    .expect_err("a name outside the SANs fails");
+    assert!(err.contains("certificate"), "{err}");
+    let other = bulwark_testenv::tls::test_pki(&["api.traffic.svc"], &[]);
+    rustls_handshake(
+        &api_tls["tls.crt"],
+        &api_tls["tls.key"],
+        other.ca_pem.as_bytes(),
+        "api.traffic.svc",
+    )
+    .expect_err("a client trusting another CA fails");
+
+    let before = serials(&client, &ns).await;
+    let api_cert = policy
+        .spec
+        .tls
+        .as_mut()
+        .unwrap()
+        .certificates
+        .iter_mut()
+        .find(|c| c.name == "api")
+        .unwrap();
+    api_cert
+        .dns_names
+        .push(bulwark::api::DnsName("api.internal.traffic.svc".into()));
+    apply_policy(&client, &policy).await.unwrap();
+    let after = eventually(
+        Duration::from_secs(30),
+        "the api certificate to be re-issued",
+        || async {
+            let now = serials(&client, &ns).await;
+            (now["api"] != before["api"]).then_some(now)
+        },
+    )
+    .await;
+    for unchanged in ["ca", "kafka", "postgres"] {
+        assert_eq!(
+            before[unchanged], after[unchanged],
+            "{unchanged} must not be re-issued"
+        );
+    }
+    let api_tls = secret_data(&client, &ns, "api-tls").await;
+    rustls_handshake(
+        &api_tls["tls.crt"],
+        &api_tls["tls.key"],
+        &api_tls["ca.crt"],
+        "api.internal.traffic.svc",
+    )
+    .expect("the new SAN is served");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_invalid_own_ca_is_reported_and_nothing_is_issued() {
+    let client = client().await;
+    let ns = namespace(&client, "tls-byo").await;
+    let operator = Operator::start(&client, &ns);
+    let mut policy = example_policy(&ns);
+    let ca = policy.spec.tls.as_mut().unwrap().ca.as_mut().unwrap();
+    ca.secret_name = None;
+    ca.existing_secret = Some("corp-ca".into());
+    apply_policy(&client, &policy).await.unwrap();
+    let (reason, message) = wait_condition(&client, &ns, "traffic", "TLSReady", "False").await;
+    assert_eq!(reason, "CASecretMissing", "{message}");
+    assert!(message.contains("spec.tls.ca.existingSecret"), "{message}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        secrets.get_opt("api-tls").await.unwrap().is_none(),
+        "nothing is issued without a CA"
+    );
+
+    // A leaf certificate is not a CA: refused, still nothing issued.
+    let leaf = bulwark_testenv::tls::test_pki(&["not-a-ca.example"], &[]);
+    let not_ca = Secret {
+        metadata: ObjectMeta {
+            name: Some("corp-ca".into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            [
+                ("tls.crt".to_string(), leaf.cert_pem.clone()),
+                ("tls.key".to_string(), leaf.key_pem.clone()),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    secrets
+        .create(&PostParams::default(), &not_ca)
+        .await
+        .unwrap();
+    let (reason, message) = eventually(
+        Duration::from_secs(90),
+        "the invalid CA to be reported",
+        || async {
+            condition(&client, &ns, "traffic", "TLSReady")
+                .await
+                .filter(|(_, r, _)| r == "CASecretInvalid")
+                .map(|(_, r, m)| (r, m))
+        },
+    )
+    .await;
+    assert!(!message.contains("PRIVATE KEY"), "{message}");
+    assert_eq!(reason, "CASecretInvalid");
+    assert!(secrets.get_opt("api-tls").await.unwrap().is_none());
+    operator.stop().await;
+}

@@ -93,6 +93,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
     managed: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
+    certificates: Mutex<BTreeMap<(String, String), Vec<String>>>,
 }
 
 impl Context {
@@ -107,6 +108,7 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             managed: Mutex::new(BTreeMap::new()),
+            certificates: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -137,6 +139,27 @@ impl Context {
         for kind in ["NetworkPolicy", "Secret", "ConfigMap", "Job"] {
             self.metrics
                 .set_managed(kind, totals.get(kind).copied().unwrap_or(0));
+        }
+    }
+}
+
+impl Context {
+    /// Publishes each certificate's expiry for one policy, dropping gauges of certificates that went away.
+    fn record_certificates(&self, ns: &str, policy: &str, certs: &[crate::api::CertificateStatus]) {
+        let values: Vec<(String, i64)> = certs
+            .iter()
+            .filter_map(|c| {
+                let at: jiff::Timestamp = c.not_after.parse().ok()?;
+                Some((c.name.clone(), at.as_second()))
+            })
+            .collect();
+        let mut known = self.certificates.lock().expect("certificate map lock");
+        let key = (ns.to_string(), policy.to_string());
+        let previous = known.remove(&key).unwrap_or_default();
+        self.metrics
+            .set_certificates(ns, policy, &previous, &values);
+        if !values.is_empty() {
+            known.insert(key, values.into_iter().map(|(n, _)| n).collect());
         }
     }
 }
@@ -298,6 +321,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     }
     ctx.record_managed(format!("{ns}/{}", policy.name_any()), Some(counts));
 
+    ctx.record_certificates(&ns, &policy.name_any(), &certificates);
     let next = SecurityPolicyStatus {
         observed_generation: policy.meta().generation,
         conditions: Vec::new(),
@@ -309,7 +333,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     };
     write_status(policy, ctx, &reports, next).await?;
     // A foreign object or a missing input carries none of our labels: no watch says when it changes.
-    let mut requeue = recheck.then_some(Duration::from_secs(60));
+    let mut requeue = recheck.then_some(Duration::from_secs(15));
     if let Some(at) = next_renewal {
         let until = at.duration_since(jiff::Timestamp::now());
         let until = Duration::try_from(until)
@@ -496,6 +520,7 @@ async fn cleanup(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error
         }
     }
     ctx.record_managed(format!("{ns}/{name}"), None);
+    ctx.record_certificates(&ns, &name, &[]);
     tracing::info!(policy = %name, deletion_policy = ?policy.spec.deletion_policy, "cleaned up");
     Ok(Action::await_change())
 }

@@ -18,6 +18,10 @@ use crate::kube_io::{Applier, ApplyError, Facet, is_produced_by};
 pub const ROTATE_ANNOTATION: &str = "bulwark.dev/rotate";
 /// Annotation whose new value starts a CA rollover.
 pub const ROTATE_CA_ANNOTATION: &str = "bulwark.dev/rotate-ca";
+/// On each leaf Secret: the `bulwark.dev/rotate` value it was issued for.
+const ROTATION_MARK: &str = "bulwark.dev/rotated-for";
+/// On the CA Secret: the `bulwark.dev/rotate-ca` value a rollover was started for.
+const ROTATE_CA_MARK: &str = "bulwark.dev/ca-rotated-for";
 
 /// What the TLS facet reports back to the reconciler.
 pub struct TlsOutcome {
@@ -75,6 +79,7 @@ pub async fn reconcile_tls(
         }
     }
     let mut observed_leaves: BTreeMap<String, SecretData> = BTreeMap::new();
+    let mut leaf_marks: BTreeMap<String, Option<String>> = BTreeMap::new();
     for cert in &tls.certificates {
         if let Some(secret) = secrets
             .get_opt(&cert.secret_name)
@@ -82,6 +87,8 @@ pub async fn reconcile_tls(
             .map_err(Error::kube("read certificate Secret"))?
         {
             if is_produced_by(&secret.metadata, policy) {
+                let mark = secret.annotations().get(ROTATION_MARK).cloned();
+                leaf_marks.insert(cert.secret_name.clone(), mark);
                 observed_leaves.insert(cert.secret_name.clone(), secret.data.unwrap_or_default());
             } else {
                 conflicts.push(format!("Secret {}", cert.secret_name));
@@ -89,18 +96,26 @@ pub async fn reconcile_tls(
         }
     }
 
+    // Which request was acted upon is recorded on the produced Secrets themselves: they are read
+    // fresh, while the policy (and its status) may come from a cache a step behind our own writes.
     let requested_rotation = policy.annotations().get(ROTATE_ANNOTATION).cloned();
     let handled = policy
         .status
         .as_ref()
         .and_then(|s| s.handled_rotation.clone());
-    let rotate_leaves = requested_rotation.is_some() && requested_rotation != handled;
+    let rotate_leaves =
+        requested_rotation.is_some() && leaf_marks.values().any(|m| *m != requested_rotation);
     let requested_ca_rotation = policy.annotations().get(ROTATE_CA_ANNOTATION).cloned();
     let handled_ca = policy
         .status
         .as_ref()
         .and_then(|s| s.handled_ca_rotation.clone());
-    let rotate_ca = requested_ca_rotation.is_some() && requested_ca_rotation != handled_ca;
+    let ca_observed = observed_ca.is_some() && byo_ca.is_none();
+    let ca_mark = ca_annotations
+        .as_ref()
+        .and_then(|a| a.get(ROTATE_CA_MARK).cloned());
+    let rotate_ca =
+        ca_observed && requested_ca_rotation.is_some() && requested_ca_rotation != ca_mark;
     let rollover = rollover_settings(tls.ca.as_ref());
 
     let owned_policy = policy.clone();
@@ -130,10 +145,24 @@ pub async fn reconcile_tls(
     };
 
     let mut writes = Vec::new();
-    if let Some(ca) = desired.ca_secret.clone() {
+    if let Some(mut ca) = desired.ca_secret.clone() {
+        let mark = if desired.rotate_ca_handled || !ca_observed {
+            requested_ca_rotation.clone()
+        } else {
+            ca_mark.clone()
+        };
+        set_mark(&mut ca, ROTATE_CA_MARK, mark);
         writes.push(ca);
     }
-    writes.extend(desired.leaf_secrets.iter().cloned());
+    for mut leaf in desired.leaf_secrets.iter().cloned() {
+        let observed_mark = leaf_marks.get(&leaf.name_any());
+        let mark = match observed_mark {
+            Some(mark) if !rotate_leaves => mark.clone(),
+            _ => requested_rotation.clone(),
+        };
+        set_mark(&mut leaf, ROTATION_MARK, mark);
+        writes.push(leaf);
+    }
     for secret in writes {
         let name = secret.name_any();
         if conflicts.iter().any(|c| c == &format!("Secret {name}")) {
@@ -207,10 +236,12 @@ pub async fn reconcile_tls(
         } else {
             handled
         },
-        handled_ca_rotation: if desired.rotate_ca_handled && conflicts.is_empty() {
+        handled_ca_rotation: if !conflicts.is_empty() {
+            handled_ca
+        } else if desired.rotate_ca_handled || !ca_observed {
             requested_ca_rotation
         } else {
-            handled_ca
+            ca_mark
         },
         phase: Some(desired.phase.as_str().to_string()),
     }))
@@ -229,6 +260,12 @@ fn failed(e: TlsError, handled: Option<String>, handled_ca: Option<String>) -> T
         handled_rotation: handled,
         handled_ca_rotation: handled_ca,
         phase: None,
+    }
+}
+
+fn set_mark(secret: &mut Secret, key: &str, value: Option<String>) {
+    if let Some(value) = value {
+        secret.annotations_mut().insert(key.to_string(), value);
     }
 }
 
