@@ -20,6 +20,7 @@ use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::api::{DeletionPolicy, ManagedObject, SecurityPolicy, SecurityPolicyStatus};
 use crate::facets::network::desired_network_policies;
@@ -233,14 +234,13 @@ async fn reconcile(policy: Arc<SecurityPolicy>, ctx: Arc<Context>) -> Result<Act
     let ns = policy.namespace().unwrap_or_default();
     let api: Api<SecurityPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let span = tracing::info_span!("reconcile", policy = %policy.name_any(), namespace = %ns);
-    let _enter = span.enter();
-    drop(_enter);
     let result = finalizer(&api, FINALIZER, policy.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
             FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     let label = match &result {
