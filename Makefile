@@ -12,7 +12,7 @@ export K8S_VERSION KUBEBUILDER_ASSETS BULWARK_K8S_VERSION
 CLUSTER_DIR := .cluster
 CRD_FILE := crds/securitypolicies.bulwark.dev.yaml
 
-.PHONY: help controlplane build cluster-up cluster-down crds lint test unit demo demo-down
+.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down
 
 help:
 	@echo "make demo          local control plane, operator, example policy, produced objects"
@@ -47,7 +47,11 @@ lint:
 unit:
 	cargo test --workspace --lib --bins
 
-test: lint controlplane
+# Interoperability tests verify our tokens with a second ecosystem's library.
+test-deps:
+	python3 -m pip install --quiet --disable-pip-version-check 'PyJWT[crypto]==2.15.1'
+
+test: lint controlplane test-deps
 	cargo test --workspace --no-fail-fast
 
 demo:

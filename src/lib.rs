@@ -5,6 +5,7 @@ pub mod api;
 pub mod controller;
 pub mod facets;
 pub mod kube_io;
+pub mod provision;
 pub mod render;
 pub mod telemetry;
 

@@ -35,6 +35,18 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Apply a plan computed by the operator to an external system (what the Jobs run).
+    #[command(subcommand)]
+    Provision(ProvisionTarget),
+}
+
+#[derive(Subcommand)]
+enum ProvisionTarget {
+    /// Create/repair the PostgreSQL roles of a plan. Inputs come from the environment:
+    /// BULWARK_PG_PLAN_FILE (or BULWARK_PG_PLAN), BULWARK_PG_VERIFIERS_FILE (or
+    /// BULWARK_PG_VERIFIERS), BULWARK_PG_ADMIN_USER, BULWARK_PG_ADMIN_PASSWORD and, optionally,
+    /// BULWARK_PG_CA_FILE.
+    Postgres,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", bulwark::render::explain(&policies));
         }
         Command::Run(args) => run(args).await?,
+        Command::Provision(ProvisionTarget::Postgres) => provision_postgres().await?,
     }
     Ok(())
 }
@@ -82,6 +95,34 @@ fn read_input(file: &str) -> anyhow::Result<String> {
         return std::io::read_to_string(std::io::stdin()).context("reading stdin");
     }
     std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+}
+
+async fn provision_postgres() -> anyhow::Result<()> {
+    use bulwark::provision::postgres::{ProvisionInput, provision_postgres};
+    telemetry::init_tracing(LogFormat::Text);
+    let outcome = match ProvisionInput::from_env() {
+        Ok(input) => provision_postgres(&input).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(summary) => {
+            tracing::info!(
+                created = ?summary.created,
+                applied = ?summary.applied,
+                disabled = ?summary.disabled,
+                "PostgreSQL roles provisioned"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // The kubelet turns this file into the pod's termination message for the operator.
+            let log = std::path::Path::new("/dev/termination-log");
+            if log.exists() {
+                let _ = std::fs::write(log, format!("{}: {e}", e.reason()));
+            }
+            Err(anyhow::Error::new(e).context("provisioning PostgreSQL roles"))
+        }
+    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

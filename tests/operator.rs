@@ -167,7 +167,11 @@ async fn restart_and_resync_send_zero_writes_and_change_nothing() {
         .map(|(n, np)| (n, np.metadata.resource_version))
         .collect();
     let secrets_before = produced_secrets(&client, &ns).await;
-    assert_eq!(secrets_before.len(), 4, "CA and three certificates");
+    assert_eq!(
+        secrets_before.len(),
+        5,
+        "CA, three certificates, the JWT signing key"
+    );
     let writes_before = audited_writes(&ns).len();
 
     for restart in 1..=5 {

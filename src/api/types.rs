@@ -689,10 +689,26 @@ pub struct SecurityPolicyStatus {
     /// The last `bulwark.dev/rotate-ca` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_ca_rotation: Option<String>,
+    /// Each JWT signing key: the kid that signs now and when it rotates next.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt: Vec<JwtKeyStatus>,
     /// Phase of the CA rollover: Stable, NewCATrusted (new CA in the bundle, leaves still under
     /// the old one) or LeavesReissued (leaves under the new CA, old CA still trusted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_rollover_phase: Option<String>,
+}
+
+/// One JWT signing key in status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtKeyStatus {
+    /// Name in spec.jwt.
+    pub name: String,
+    /// RFC 7638 thumbprint of the key that signs now.
+    pub kid: String,
+    /// When the key rotates next, RFC 3339; absent without rotateEvery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<String>,
 }
 
 /// One certificate in status.

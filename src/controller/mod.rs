@@ -1,5 +1,6 @@
 //! The reconciler: orders the facets' pure builders, applies their output, writes status.
 
+pub mod jwt;
 pub mod leader;
 pub mod status;
 pub mod tls;
@@ -165,6 +166,19 @@ impl Context {
     }
 }
 
+/// The rotate request a produced Secret records as acted upon: the request itself when this run
+/// acted on it or the Secret is new, otherwise what the Secret already recorded.
+pub(crate) fn rotation_mark(
+    requested: &Option<String>,
+    observed: Option<Option<String>>,
+    acted: bool,
+) -> Option<String> {
+    match observed {
+        Some(mark) if !acted => mark,
+        _ => requested.clone(),
+    }
+}
+
 /// Delay after the `failures`-th consecutive failure of one policy.
 pub fn backoff_for(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(6);
@@ -291,10 +305,21 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         ca_rollover_phase = outcome.phase;
         reports.push(outcome.report);
     }
+    let mut jwt_keys = Vec::new();
+    if let Some(outcome) =
+        jwt::reconcile_jwt(policy, ctx, &applier, &ns, &mut managed_objects).await?
+    {
+        recheck |= outcome.recheck;
+        jwt_keys = outcome.keys;
+        next_renewal = match (next_renewal, outcome.next_event) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        reports.push(outcome.report);
+    }
     for (present, facet) in [
         (policy.spec.kafka.is_some(), Facet::Kafka),
         (policy.spec.postgres.is_some(), Facet::Postgres),
-        (policy.spec.jwt.is_some(), Facet::Jwt),
     ] {
         if present {
             reports.push(FacetReport {
@@ -330,6 +355,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         handled_rotation,
         handled_ca_rotation,
         ca_rollover_phase,
+        jwt: jwt_keys,
     };
     write_status(policy, ctx, &reports, next).await?;
     // A foreign object or a missing input carries none of our labels: no watch says when it changes.

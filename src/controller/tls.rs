@@ -7,7 +7,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::status::{ConditionStatus, FacetReport};
-use super::{Context, Error};
+use super::{Context, Error, rotation_mark};
 use crate::api::{CaSpec, CertificateStatus, GoDuration, ManagedObject, SecurityPolicy};
 use crate::facets::tls::{
     ObservedTls, RolloverSettings, SecretData, TlsError, ca_secret_name, desired_tls,
@@ -19,7 +19,7 @@ pub const ROTATE_ANNOTATION: &str = "bulwark.dev/rotate";
 /// Annotation whose new value starts a CA rollover.
 pub const ROTATE_CA_ANNOTATION: &str = "bulwark.dev/rotate-ca";
 /// On each leaf Secret: the `bulwark.dev/rotate` value it was issued for.
-const ROTATION_MARK: &str = "bulwark.dev/rotated-for";
+pub(crate) const ROTATION_MARK: &str = "bulwark.dev/rotated-for";
 /// On the CA Secret: the `bulwark.dev/rotate-ca` value a rollover was started for.
 const ROTATE_CA_MARK: &str = "bulwark.dev/ca-rotated-for";
 
@@ -155,11 +155,8 @@ pub async fn reconcile_tls(
         writes.push(ca);
     }
     for mut leaf in desired.leaf_secrets.iter().cloned() {
-        let observed_mark = leaf_marks.get(&leaf.name_any());
-        let mark = match observed_mark {
-            Some(mark) if !rotate_leaves => mark.clone(),
-            _ => requested_rotation.clone(),
-        };
+        let observed_mark = leaf_marks.get(&leaf.name_any()).cloned();
+        let mark = rotation_mark(&requested_rotation, observed_mark, rotate_leaves);
         set_mark(&mut leaf, ROTATION_MARK, mark);
         writes.push(leaf);
     }
