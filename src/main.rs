@@ -68,6 +68,9 @@ struct RunArgs {
     metrics_addr: SocketAddr,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Image of the Jobs that run `bulwark provision`; defaults to this operator's own image.
+    #[arg(long, env = "BULWARK_JOB_IMAGE", default_value_t = controller::default_job_image())]
+    job_image: String,
 }
 
 #[tokio::main]
@@ -172,6 +175,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces: args.namespaces,
         concurrency: args.concurrency.max(1),
         instance,
+        job_image: args.job_image,
     };
     let controller = controller::run(client.clone(), settings, metrics, shutdown_signal());
     match &lease {

@@ -2,6 +2,7 @@
 
 pub mod jwt;
 pub mod leader;
+pub mod postgres;
 pub mod status;
 pub mod tls;
 
@@ -76,6 +77,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Identity in Events (`reportingInstance`).
     pub instance: String,
+    /// Image of the Jobs that run `bulwark provision ...`: this operator's own image.
+    pub job_image: String,
 }
 
 impl Default for Settings {
@@ -84,8 +87,14 @@ impl Default for Settings {
             namespaces: Vec::new(),
             concurrency: 4,
             instance: "bulwark".into(),
+            job_image: default_job_image(),
         }
     }
+}
+
+/// The image this build of the operator is published as.
+pub fn default_job_image() -> String {
+    format!("bulwark:{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Shared by every reconcile.
@@ -93,13 +102,14 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub job_image: String,
     failures: Mutex<HashMap<String, u32>>,
     managed: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
     certificates: Mutex<BTreeMap<(String, String), Vec<String>>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, instance: String) -> Self {
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: String, job_image: String) -> Self {
         let reporter = Reporter {
             controller: "bulwark".into(),
             instance: Some(instance),
@@ -108,6 +118,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            job_image,
             failures: Mutex::new(HashMap::new()),
             managed: Mutex::new(BTreeMap::new()),
             certificates: Mutex::new(BTreeMap::new()),
@@ -196,6 +207,7 @@ pub async fn run(
         client.clone(),
         metrics,
         settings.instance.clone(),
+        settings.job_image.clone(),
     ));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -294,6 +306,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     let mut handled_rotation = previous.handled_rotation;
     let mut handled_ca_rotation = previous.handled_ca_rotation;
     let mut ca_rollover_phase = None;
+    let mut bundle = None;
     if let Some(outcome) =
         tls::reconcile_tls(policy, ctx, &applier, &ns, &mut managed_objects).await?
     {
@@ -303,6 +316,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         handled_rotation = outcome.handled_rotation;
         handled_ca_rotation = outcome.handled_ca_rotation;
         ca_rollover_phase = outcome.phase;
+        bundle = outcome.bundle;
         reports.push(outcome.report);
     }
     let mut jwt_keys = Vec::new();
@@ -317,10 +331,21 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         };
         reports.push(outcome.report);
     }
-    for (present, facet) in [
-        (policy.spec.kafka.is_some(), Facet::Kafka),
-        (policy.spec.postgres.is_some(), Facet::Postgres),
-    ] {
+    let mut pg_requeue = None;
+    if let Some(outcome) = postgres::reconcile_postgres(
+        policy,
+        ctx,
+        &applier,
+        &ns,
+        &mut managed_objects,
+        bundle.as_deref(),
+    )
+    .await?
+    {
+        pg_requeue = outcome.requeue;
+        reports.push(outcome.report);
+    }
+    for (present, facet) in [(policy.spec.kafka.is_some(), Facet::Kafka)] {
         if present {
             reports.push(FacetReport {
                 facet,
@@ -366,6 +391,9 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
             .unwrap_or(Duration::ZERO)
             .max(Duration::from_secs(1));
         requeue = Some(requeue.map_or(until, |r| r.min(until)));
+    }
+    if let Some(pg) = pg_requeue {
+        requeue = Some(requeue.map_or(pg, |r| r.min(pg)));
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }

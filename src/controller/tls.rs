@@ -35,6 +35,8 @@ pub struct TlsOutcome {
     /// The rotate-ca annotation value this run acted upon.
     pub handled_ca_rotation: Option<String>,
     pub phase: Option<String>,
+    /// The trust bundle as published: what the other facets hand to their clients.
+    pub bundle: Option<String>,
 }
 
 fn report(status: ConditionStatus, reason: &str, message: String) -> FacetReport {
@@ -241,6 +243,11 @@ pub async fn reconcile_tls(
             ca_mark
         },
         phase: Some(desired.phase.as_str().to_string()),
+        bundle: desired
+            .trust_bundle
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt").cloned()),
     }))
 }
 
@@ -257,6 +264,7 @@ fn failed(e: TlsError, handled: Option<String>, handled_ca: Option<String>) -> T
         handled_rotation: handled,
         handled_ca_rotation: handled_ca,
         phase: None,
+        bundle: None,
     }
 }
 

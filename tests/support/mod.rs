@@ -111,8 +111,16 @@ fn metric_value(text: &str, name: &str, label: &str) -> u64 {
         .sum()
 }
 
-/// Reads the example policy and moves it into `namespace`.
+/// Reads the example policy, moved into `namespace`, without its PostgreSQL section: the role Job
+/// needs a database and a stand-in kubelet, which `tests/postgres.rs` provides.
 pub fn example_policy(namespace: &str) -> SecurityPolicy {
+    let mut policy = full_example_policy(namespace);
+    policy.spec.postgres = None;
+    policy
+}
+
+/// The example policy exactly as shipped, moved into `namespace`.
+pub fn full_example_policy(namespace: &str) -> SecurityPolicy {
     let yaml = include_str!("../../deploy/examples/traffic-prediction.yaml");
     let mut policy: SecurityPolicy = serde_yaml::from_str(yaml).expect("example parses");
     policy.metadata.namespace = Some(namespace.to_string());

@@ -1,0 +1,380 @@
+//! The PostgreSQL facet end to end: the operator produces role Secrets and a role Job; the test
+//! plays the kubelet (runs the Job's command locally with the env and mounts resolved from the
+//! API, then finishes its pod) against a real PostgreSQL 15 with the policy's own certificate.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bulwark::api::SecurityPolicy;
+use bulwark_testenv::{PgTls, Postgres};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use support::*;
+
+const ADMIN_PASSWORD: &str = "admin-password-for-tests-only";
+
+async fn secret_data(client: &kube::Client, ns: &str, name: &str) -> BTreeMap<String, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    api.get(name)
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+async fn role_jobs(client: &kube::Client, ns: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels("bulwark.dev/facet=postgres"))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Runs the Job's container command here, as a kubelet would there, and finishes its pod.
+async fn play_kubelet(client: &kube::Client, ns: &str, job: &Job, scratch: &Path) -> bool {
+    let spec = job.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let container = &spec.containers[0];
+    let mut env: Vec<(String, String)> = Vec::new();
+    // Volumes become directories under `scratch`; paths in env are rewritten to match.
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        let dir = scratch.join(mount.name.as_str());
+        std::fs::create_dir_all(&dir).unwrap();
+        let files: BTreeMap<String, String> = if let Some(s) = &volume.secret {
+            secret_data(client, ns, s.secret_name.as_deref().unwrap()).await
+        } else if let Some(c) = &volume.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            api.get(&c.name).await.unwrap().data.unwrap_or_default()
+        } else {
+            panic!("unexpected volume {:?}", volume.name)
+        };
+        for (k, v) in files {
+            std::fs::write(dir.join(k), v).unwrap();
+        }
+        mounts.push((mount.mount_path.clone(), dir));
+    }
+    for var in container.env.iter().flatten() {
+        let value = if let Some(v) = &var.value {
+            let mut v = v.clone();
+            for (path, dir) in &mounts {
+                if let Some(rest) = v.strip_prefix(path.as_str()) {
+                    v = format!("{}{rest}", dir.display());
+                }
+            }
+            v
+        } else {
+            let key_ref = var
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            secret_data(client, ns, &key_ref.name).await[&key_ref.key].clone()
+        };
+        env.push((var.name.clone(), value));
+    }
+    let mut args = container.command.clone().unwrap_or_default();
+    args.extend(container.args.clone().unwrap_or_default());
+    assert_eq!(args[0], "bulwark", "the Job runs the operator binary");
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(&args[1..])
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let succeeded = out.status.success();
+    if !succeeded {
+        eprintln!(
+            "job command failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("job-name={}", job.name_any());
+    let pod = eventually(Duration::from_secs(30), "the Job's pod", || async {
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let now = jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {
+        "phase": if succeeded { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{
+            "name": container.name, "image": container.image, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "reason": if succeeded { "Completed" } else { "Error" },
+                "startedAt": now, "finishedAt": now}}
+        }]
+    }});
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    succeeded
+}
+
+fn psql_as(
+    server: &Postgres,
+    ca_file: &Path,
+    user: &str,
+    password: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user={user} dbname=traffic sslmode=verify-full sslrootcert={}",
+            server.port(),
+            ca_file.display()
+        ))
+        .args(["-XAtqc", sql, "-v", "ON_ERROR_STOP=1"])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_provisioned_by_the_job_and_rotate_on_request() {
+    let client = client().await;
+    let ns = namespace(&client, "pg").await;
+    let scratch = std::env::temp_dir().join(format!("bulwark-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    let mut policy = full_example_policy(&ns);
+    let pg_cert = policy
+        .spec
+        .tls
+        .as_mut()
+        .unwrap()
+        .certificates
+        .iter_mut()
+        .find(|c| c.name == "postgres")
+        .unwrap();
+    pg_cert
+        .dns_names
+        .push(bulwark::api::DnsName("localhost".into()));
+    // Without an admin Secret there is no Job, and the condition says why.
+    let operator = Operator::start(&client, &ns);
+    apply_policy(&client, &policy).await.unwrap();
+    let (reason, message) = wait_condition(&client, &ns, "traffic", "PostgresReady", "False").await;
+    assert_eq!(reason, "AdminSecretMissing", "{message}");
+    assert!(
+        message.contains("spec.postgres.adminSecretRef"),
+        "{message}"
+    );
+    assert!(role_jobs(&client, &ns).await.is_empty());
+    let app_secret = secret_data(&client, &ns, "traffic-pg-traffic-app").await;
+    assert!(app_secret["password"].len() >= 32);
+    assert!(
+        app_secret["uri"].contains("sslmode=verify-full"),
+        "{}",
+        app_secret["uri"]
+    );
+
+    // The database serves the policy's own certificate.
+    let tls = secret_data(&client, &ns, "postgres-tls").await;
+    let server = Postgres::start(Some(PgTls {
+        cert_pem: tls["tls.crt"].clone(),
+        key_pem: tls["tls.key"].clone(),
+        ca_pem: tls["ca.crt"].clone(),
+    }))
+    .unwrap();
+    server.psql("postgres", "CREATE DATABASE traffic").unwrap();
+    server
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER ROLE {} PASSWORD '{ADMIN_PASSWORD}'",
+                server.superuser()
+            ),
+        )
+        .unwrap();
+    let pg = policy.spec.postgres.as_mut().unwrap();
+    pg.host = "localhost".into();
+    pg.port = i32::from(server.port());
+    apply_policy(&client, &policy).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let admin = Secret {
+        metadata: ObjectMeta {
+            name: Some("postgres-superuser".into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            [
+                ("username".to_string(), server.superuser().to_string()),
+                ("password".to_string(), ADMIN_PASSWORD.to_string()),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    secrets
+        .create(&PostParams::default(), &admin)
+        .await
+        .unwrap();
+
+    let job = eventually(Duration::from_secs(40), "the role Job", || async {
+        role_jobs(&client, &ns).await.into_iter().next()
+    })
+    .await;
+    let container = &job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let env_text = serde_json::to_string(&container.env).unwrap();
+    assert!(
+        !env_text.contains(&app_secret["password"]),
+        "the plaintext password never reaches the Job"
+    );
+    assert!(play_kubelet(&client, &ns, &job, &scratch.join("run1")).await);
+    let (reason, message) = wait_condition(&client, &ns, "traffic", "PostgresReady", "True").await;
+    assert_eq!(reason, "RolesApplied", "{message}");
+
+    let ca_file = scratch.join("ca.crt");
+    std::fs::write(&ca_file, &app_secret["ca.crt"]).unwrap();
+    let roles: BTreeMap<&str, BTreeMap<String, String>> = [
+        (
+            "admin",
+            secret_data(&client, &ns, "traffic-pg-traffic-admin").await,
+        ),
+        (
+            "app",
+            secret_data(&client, &ns, "traffic-pg-traffic-app").await,
+        ),
+        (
+            "analytics",
+            secret_data(&client, &ns, "traffic-pg-traffic-analytics").await,
+        ),
+    ]
+    .into();
+    let login = |role: &str, sql: &str| {
+        psql_as(
+            &server,
+            &ca_file,
+            &roles[role]["username"],
+            &roles[role]["password"],
+            sql,
+        )
+    };
+    login("admin", "CREATE TABLE public.readings (id int, speed int)").unwrap();
+    login("app", "INSERT INTO public.readings VALUES (1, 88)")
+        .expect("app writes tables the admin creates later");
+    assert_eq!(
+        login("analytics", "SELECT speed FROM public.readings").unwrap(),
+        "88"
+    );
+    assert!(login("analytics", "INSERT INTO public.readings VALUES (2, 1)").is_err());
+    assert!(login("app", "CREATE TABLE public.x (id int)").is_err());
+    assert!(login("app", "TRUNCATE public.readings").is_err());
+    for role in ["admin", "app", "analytics"] {
+        assert!(
+            login(role, "SELECT rolpassword FROM pg_authid").is_err(),
+            "{role} must not read pg_authid"
+        );
+    }
+    let no_tls = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user={} dbname=traffic sslmode=disable",
+            server.port(),
+            roles["app"]["username"]
+        ))
+        .args(["-XAtqc", "SELECT 1"])
+        .env("PGPASSWORD", &roles["app"]["password"])
+        .output()
+        .unwrap();
+    assert!(!no_tls.status.success(), "a non-TLS login is refused");
+
+    // Restart: no new Job, no new password.
+    operator.stop().await;
+    let operator = Operator::start(&client, &ns);
+    eventually(
+        Duration::from_secs(30),
+        "the restarted operator to reconcile",
+        || async { (operator.reconciles("success") >= 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let jobs = role_jobs(&client, &ns).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].name_any(), job.name_any(), "same plan, same Job");
+    assert_eq!(
+        secret_data(&client, &ns, "traffic-pg-traffic-app").await["password"],
+        roles["app"]["password"]
+    );
+
+    // Rotate: a new plan and Job; the new password works, the old one is refused.
+    let api: Api<SecurityPolicy> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {"bulwark.dev/rotate": "pg-1"}}});
+    api.patch("traffic", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let rotated_job = eventually(Duration::from_secs(30), "a new role Job", || async {
+        role_jobs(&client, &ns)
+            .await
+            .into_iter()
+            .find(|j| j.name_any() != job.name_any())
+    })
+    .await;
+    assert!(play_kubelet(&client, &ns, &rotated_job, &scratch.join("run2")).await);
+    wait_condition(&client, &ns, "traffic", "PostgresReady", "True").await;
+    let new_app = secret_data(&client, &ns, "traffic-pg-traffic-app").await;
+    assert_ne!(new_app["password"], roles["app"]["password"]);
+    psql_as(
+        &server,
+        &ca_file,
+        &new_app["username"],
+        &new_app["password"],
+        "SELECT 1",
+    )
+    .expect("new password works");
+    assert!(
+        psql_as(
+            &server,
+            &ca_file,
+            &new_app["username"],
+            &roles["app"]["password"],
+            "SELECT 1"
+        )
+        .is_err()
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the old Job to be cleaned up",
+        || async { (role_jobs(&client, &ns).await.len() == 1).then_some(()) },
+    )
+    .await;
+    std::fs::remove_dir_all(&scratch).ok();
+    operator.stop().await;
+}
