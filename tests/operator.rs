@@ -176,12 +176,7 @@ async fn restart_and_resync_send_zero_writes_and_change_nothing() {
 
     for restart in 1..=5 {
         let operator = Operator::start(&client, &ns);
-        eventually(
-            Duration::from_secs(30),
-            "the restarted operator to reconcile",
-            || async { (operator.reconciles("success") >= 1).then_some(()) },
-        )
-        .await;
+        operator.wait_reconciled().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let writes_after = audited_writes(&ns);
         assert_eq!(

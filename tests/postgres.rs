@@ -20,14 +20,10 @@ use support::*;
 const ADMIN_PASSWORD: &str = "admin-password-for-tests-only";
 
 async fn secret_data(client: &kube::Client, ns: &str, name: &str) -> BTreeMap<String, String> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    api.get(name)
+    secret_bytes(client, ns, name)
         .await
-        .unwrap()
-        .data
-        .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
         .collect()
 }
 
@@ -168,18 +164,7 @@ async fn roles_are_provisioned_by_the_job_and_rotate_on_request() {
     std::fs::create_dir_all(&scratch).unwrap();
 
     let mut policy = full_example_policy(&ns);
-    let pg_cert = policy
-        .spec
-        .tls
-        .as_mut()
-        .unwrap()
-        .certificates
-        .iter_mut()
-        .find(|c| c.name == "postgres")
-        .unwrap();
-    pg_cert
-        .dns_names
-        .push(bulwark::api::DnsName("localhost".into()));
+    add_dns_name(&mut policy, "postgres", "localhost");
     // Without an admin Secret there is no Job, and the condition says why.
     let operator = Operator::start(&client, &ns);
     apply_policy(&client, &policy).await.unwrap();
@@ -319,12 +304,7 @@ async fn roles_are_provisioned_by_the_job_and_rotate_on_request() {
     // Restart: no new Job, no new password.
     operator.stop().await;
     let operator = Operator::start(&client, &ns);
-    eventually(
-        Duration::from_secs(30),
-        "the restarted operator to reconcile",
-        || async { (operator.reconciles("success") >= 1).then_some(()) },
-    )
-    .await;
+    operator.wait_reconciled().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let jobs = role_jobs(&client, &ns).await;
     assert_eq!(jobs.len(), 1);

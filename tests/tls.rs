@@ -13,18 +13,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use support::*;
 
-async fn secret_data(client: &kube::Client, ns: &str, name: &str) -> BTreeMap<String, Vec<u8>> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    api.get(name)
-        .await
-        .unwrap()
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect()
-}
-
 async fn serials(client: &kube::Client, ns: &str) -> BTreeMap<String, String> {
     let api: Api<SecurityPolicy> = Api::namespaced(client.clone(), ns);
     let status = api.get("traffic").await.unwrap().status.unwrap_or_default();
@@ -58,7 +46,7 @@ async fn issued_certificates_are_trusted_by_real_tls_peers() {
         "status lists the CA and every certificate"
     );
 
-    let pg = secret_data(&client, &ns, "postgres-tls").await;
+    let pg = secret_bytes(&client, &ns, "postgres-tls").await;
     let bundle = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .get("traffic-trust-bundle")
         .await
@@ -109,7 +97,7 @@ async fn issued_certificates_are_trusted_by_real_tls_peers() {
     );
 
     // Java reads the PKCS#12 keystore and truststore with the generated password, as-is.
-    let kafka = secret_data(&client, &ns, "kafka-tls").await;
+    let kafka = secret_bytes(&client, &ns, "kafka-tls").await;
     let password = String::from_utf8(kafka["keystore.password"].clone()).unwrap();
     assert!(password.len() >= 16);
     if Command::new("keytool").arg("-help").output().is_ok() {
@@ -144,7 +132,7 @@ async fn rotate_annotation_reissues_leaves_once_and_keeps_the_ca() {
     apply_policy(&client, &example_policy(&ns)).await.unwrap();
     wait_condition(&client, &ns, "traffic", "TLSReady", "True").await;
     let before = serials(&client, &ns).await;
-    let ca_before = secret_data(&client, &ns, "traffic-ca").await;
+    let ca_before = secret_bytes(&client, &ns, "traffic-ca").await;
 
     let api: Api<SecurityPolicy> = Api::namespaced(client.clone(), &ns);
     let patch =
@@ -166,7 +154,7 @@ async fn rotate_annotation_reissues_leaves_once_and_keeps_the_ca() {
     for leaf in ["api", "kafka", "postgres"] {
         assert_ne!(before[leaf], after[leaf], "{leaf} is re-issued");
     }
-    assert_eq!(ca_before, secret_data(&client, &ns, "traffic-ca").await);
+    assert_eq!(ca_before, secret_bytes(&client, &ns, "traffic-ca").await);
 
     // Once handled, the same annotation value rotates nothing more.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -218,7 +206,7 @@ async fn leaves_verify_against(
     let bundle_file = dir.join("bundle.pem");
     std::fs::write(&bundle_file, bundle).unwrap();
     for leaf in ["kafka-tls", "postgres-tls", "api-tls"] {
-        let data = secret_data(client, ns, leaf).await;
+        let data = secret_bytes(client, ns, leaf).await;
         let leaf_file = dir.join(format!("{leaf}.pem"));
         std::fs::write(&leaf_file, &data["tls.crt"]).unwrap();
         let out = Command::new("openssl")
@@ -394,7 +382,7 @@ async fn rustls_peers_handshake_and_san_changes_reissue_only_that_certificate() 
     apply_policy(&client, &policy).await.unwrap();
     wait_condition(&client, &ns, "traffic", "TLSReady", "True").await;
 
-    let api_tls = secret_data(&client, &ns, "api-tls").await;
+    let api_tls = secret_bytes(&client, &ns, "api-tls").await;
     rustls_handshake(
         &api_tls["tls.crt"],
         &api_tls["tls.key"],
@@ -402,7 +390,7 @@ async fn rustls_peers_handshake_and_san_changes_reissue_only_that_certificate() 
         "api.traffic.svc",
     )
     .expect("client trusting ca.crt accepts the API certificate");
-    let kafka = secret_data(&client, &ns, "kafka-tls").await;
+    let kafka = secret_bytes(&client, &ns, "kafka-tls").await;
     rustls_handshake(
         &kafka["tls.crt"],
         &kafka["tls.key"],
@@ -428,18 +416,7 @@ async fn rustls_peers_handshake_and_san_changes_reissue_only_that_certificate() 
     .expect_err("a client trusting another CA fails");
 
     let before = serials(&client, &ns).await;
-    let api_cert = policy
-        .spec
-        .tls
-        .as_mut()
-        .unwrap()
-        .certificates
-        .iter_mut()
-        .find(|c| c.name == "api")
-        .unwrap();
-    api_cert
-        .dns_names
-        .push(bulwark::api::DnsName("api.internal.traffic.svc".into()));
+    add_dns_name(&mut policy, "api", "api.internal.traffic.svc");
     apply_policy(&client, &policy).await.unwrap();
     let after = eventually(
         Duration::from_secs(30),
@@ -456,7 +433,7 @@ async fn rustls_peers_handshake_and_san_changes_reissue_only_that_certificate() 
             "{unchanged} must not be re-issued"
         );
     }
-    let api_tls = secret_data(&client, &ns, "api-tls").await;
+    let api_tls = secret_bytes(&client, &ns, "api-tls").await;
     rustls_handshake(
         &api_tls["tls.crt"],
         &api_tls["tls.key"],

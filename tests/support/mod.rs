@@ -87,6 +87,16 @@ impl Operator {
             .expect("operator task does not panic");
     }
 
+    /// Waits until this operator has reconciled successfully at least once.
+    pub async fn wait_reconciled(&self) {
+        eventually(
+            Duration::from_secs(30),
+            "the operator to reconcile",
+            || async { (self.reconciles("success") >= 1).then_some(()) },
+        )
+        .await;
+    }
+
     /// Total reconciles that ended with `result`.
     pub fn reconciles(&self, result: &str) -> u64 {
         metric_value(
@@ -125,6 +135,34 @@ pub fn full_example_policy(namespace: &str) -> SecurityPolicy {
     let mut policy: SecurityPolicy = serde_yaml::from_str(yaml).expect("example parses");
     policy.metadata.namespace = Some(namespace.to_string());
     policy
+}
+
+/// Adds a DNS name to the named certificate of the policy's TLS section.
+pub fn add_dns_name(policy: &mut SecurityPolicy, certificate: &str, dns_name: &str) {
+    let cert = policy
+        .spec
+        .tls
+        .as_mut()
+        .and_then(|t| t.certificates.iter_mut().find(|c| c.name == certificate))
+        .unwrap_or_else(|| panic!("no certificate {certificate} in the policy"));
+    cert.dns_names.push(bulwark::api::DnsName(dns_name.into()));
+}
+
+/// Data of a Secret, by key.
+pub async fn secret_bytes(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    api.get(name)
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
 }
 
 /// Applies `policy` with server-side apply, as `kubectl apply --server-side` would.
