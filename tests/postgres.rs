@@ -17,8 +17,6 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use support::*;
 
-const ADMIN_PASSWORD: &str = "admin-password-for-tests-only";
-
 async fn secret_data(client: &kube::Client, ns: &str, name: &str) -> BTreeMap<String, String> {
     secret_bytes(client, ns, name)
         .await
@@ -192,15 +190,6 @@ async fn roles_are_provisioned_by_the_job_and_rotate_on_request() {
     }))
     .unwrap();
     server.psql("postgres", "CREATE DATABASE traffic").unwrap();
-    server
-        .psql(
-            "postgres",
-            &format!(
-                "ALTER ROLE {} PASSWORD '{ADMIN_PASSWORD}'",
-                server.superuser()
-            ),
-        )
-        .unwrap();
     let pg = policy.spec.postgres.as_mut().unwrap();
     pg.host = "localhost".into();
     pg.port = i32::from(server.port());
@@ -214,7 +203,10 @@ async fn roles_are_provisioned_by_the_job_and_rotate_on_request() {
         string_data: Some(
             [
                 ("username".to_string(), server.superuser().to_string()),
-                ("password".to_string(), ADMIN_PASSWORD.to_string()),
+                (
+                    "password".to_string(),
+                    server.superuser_password().to_string(),
+                ),
             ]
             .into(),
         ),
@@ -355,6 +347,50 @@ async fn roles_are_provisioned_by_the_job_and_rotate_on_request() {
         || async { (role_jobs(&client, &ns).await.len() == 1).then_some(()) },
     )
     .await;
+
+    // Drift inside the database is repaired by the resync: the finished Job runs again.
+    let app_user = new_app["username"].clone();
+    server
+        .psql(
+            "postgres",
+            &format!("ALTER ROLE {app_user} SUPERUSER CREATEROLE"),
+        )
+        .unwrap();
+    let finished = role_jobs(&client, &ns).await.remove(0);
+    policy.spec.postgres.as_mut().unwrap().resync_interval = Some("2s".into());
+    apply_policy(&client, &policy).await.unwrap();
+    let rerun = eventually(
+        Duration::from_secs(40),
+        "the resync to re-create the role Job",
+        || async {
+            role_jobs(&client, &ns).await.into_iter().find(|j| {
+                j.metadata.uid != finished.metadata.uid && j.metadata.deletion_timestamp.is_none()
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        rerun.name_any(),
+        finished.name_any(),
+        "same plan, same Job name"
+    );
+    assert!(play_kubelet(&client, &ns, &rerun, &scratch.join("run3")).await);
+    let flags = server
+        .psql(
+            "postgres",
+            &format!("SELECT rolsuper::text || ',' || rolcreaterole::text FROM pg_roles WHERE rolname = '{app_user}'"),
+        )
+        .unwrap();
+    assert_eq!(
+        flags.trim(),
+        "false,false",
+        "SUPERUSER and CREATEROLE granted by hand are revoked"
+    );
+    assert_eq!(
+        secret_data(&client, &ns, "traffic-pg-traffic-app").await["password"],
+        new_app["password"],
+        "a resync never changes a password"
+    );
     std::fs::remove_dir_all(&scratch).ok();
     operator.stop().await;
 }
