@@ -38,11 +38,13 @@ cluster-down: demo-down
 
 crds:
 	cargo run -q --bin bulwark -- crd > $(CRD_FILE)
+	hack/render-manifests.sh
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	hack/check-crd.sh
+	hack/check-chart.sh
 
 unit:
 	cargo test --workspace --lib --bins
@@ -59,3 +61,16 @@ demo:
 
 demo-down:
 	@hack/demo.sh stop
+
+# Helm chart, plain manifests and image.
+IMAGE ?= bulwark:0.1.0
+.PHONY: manifests chart-check image
+
+manifests: controlplane
+	hack/render-manifests.sh
+
+chart-check: controlplane
+	hack/check-chart.sh
+
+image:
+	docker build -t $(IMAGE) .
