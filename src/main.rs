@@ -119,9 +119,11 @@ async fn provision_postgres() -> anyhow::Result<()> {
         }
         Err(e) => {
             // The kubelet turns this file into the pod's termination message for the operator.
-            let log = std::path::Path::new("/dev/termination-log");
+            let log = std::env::var_os("BULWARK_TERMINATION_LOG")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "/dev/termination-log".into());
             if log.exists() {
-                let _ = std::fs::write(log, format!("{}: {e}", e.reason()));
+                let _ = std::fs::write(&log, format!("{}: {e}", e.reason()));
             }
             Err(anyhow::Error::new(e).context("provisioning PostgreSQL roles"))
         }

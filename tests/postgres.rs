@@ -86,12 +86,17 @@ async fn play_kubelet(client: &kube::Client, ns: &str, job: &Job, scratch: &Path
     let mut args = container.command.clone().unwrap_or_default();
     args.extend(container.args.clone().unwrap_or_default());
     assert_eq!(args[0], "bulwark", "the Job runs the operator binary");
+    // As the kubelet does with terminationMessagePath, the file becomes the termination message.
+    let termination_log = scratch.join("termination-log");
+    std::fs::write(&termination_log, "").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
         .args(&args[1..])
         .env_clear()
         .envs(env)
+        .env("BULWARK_TERMINATION_LOG", &termination_log)
         .output()
         .unwrap();
+    let termination_message = std::fs::read_to_string(&termination_log).unwrap();
     let succeeded = out.status.success();
     if !succeeded {
         eprintln!(
@@ -116,7 +121,7 @@ async fn play_kubelet(client: &kube::Client, ns: &str, job: &Job, scratch: &Path
         "phase": if succeeded { "Succeeded" } else { "Failed" },
         "containerStatuses": [{
             "name": container.name, "image": container.image, "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "reason": if succeeded { "Completed" } else { "Error" },
+            "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "reason": if succeeded { "Completed" } else { "Error" }, "message": termination_message,
                 "startedAt": now, "finishedAt": now}}
         }]
     }});
@@ -391,6 +396,49 @@ async fn roles_are_provisioned_by_the_job_and_rotate_on_request() {
         new_app["password"],
         "a resync never changes a password"
     );
+
+    // A wrong admin password: the attempt fails, the condition says why, nothing is retried by us.
+    let wrong = "not-the-admin-password";
+    let patch = serde_json::json!({"stringData": {"password": wrong}});
+    secrets
+        .patch(
+            "postgres-superuser",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let failing = eventually(Duration::from_secs(40), "the next resync Job", || async {
+        role_jobs(&client, &ns).await.into_iter().find(|j| {
+            j.metadata.uid != rerun.metadata.uid && j.metadata.deletion_timestamp.is_none()
+        })
+    })
+    .await;
+    assert!(!play_kubelet(&client, &ns, &failing, &scratch.join("run4")).await);
+    let message = eventually(
+        Duration::from_secs(30),
+        "PostgresReady to report the failed login",
+        || async {
+            condition(&client, &ns, "traffic", "PostgresReady")
+                .await
+                .filter(|(status, reason, _)| status == "False" && reason == "AdminLoginFailed")
+                .map(|(_, _, message)| message)
+        },
+    )
+    .await;
+    assert!(message.contains("retries with backoff"), "{message}");
+    assert!(
+        !message.contains(wrong),
+        "the password never reaches status"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jobs = role_jobs(&client, &ns).await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "a failing Job is left to the Job controller's backoff"
+    );
+    assert_eq!(jobs[0].metadata.uid, failing.metadata.uid);
     std::fs::remove_dir_all(&scratch).ok();
     operator.stop().await;
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, PropagationPolicy};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::{Api, ResourceExt};
 
 use super::status::{ConditionStatus, FacetReport};
@@ -244,16 +244,28 @@ pub async fn reconcile_postgres(
             .find(|c| c.type_ == t && c.status == "True")
             .cloned()
     };
-    if let Some(failed) = condition("Failed") {
-        let message = format!(
-            "role Job {job_name} failed: {}; check the admin credentials and the server's certificate, then change the spec or annotate bulwark.dev/rotate to retry",
-            failed
-                .message
-                .unwrap_or_else(|| failed.reason.unwrap_or_default())
-        );
+    let failed_attempts = status.failed.unwrap_or(0);
+    if failed_attempts > 0 && condition("Complete").is_none() {
+        let given_up = condition("Failed").is_some();
+        let (reason, detail) = match last_termination_message(ctx, ns, &job_name).await? {
+            Some(message) => split_reason(&message),
+            None => (
+                "JobFailed".to_string(),
+                "no termination message".to_string(),
+            ),
+        };
+        let message = if given_up {
+            format!(
+                "role Job {job_name} failed after {failed_attempts} attempt(s): {detail}; fix the cause, then change the spec or annotate bulwark.dev/rotate to retry"
+            )
+        } else {
+            format!(
+                "role Job {job_name} attempt {failed_attempts} failed, the Job controller retries with backoff: {detail}"
+            )
+        };
         return Ok(Some(outcome(
             ConditionStatus::False,
-            "JobFailed",
+            &reason,
             message,
             None,
         )));
@@ -301,6 +313,46 @@ pub async fn reconcile_postgres(
     )))
 }
 
+/// The newest termination message among the Job's pods: `<Reason>: <message>` from `bulwark provision`.
+async fn last_termination_message(
+    ctx: &Context,
+    ns: &str,
+    job_name: &str,
+) -> Result<Option<String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+        .await
+        .map_err(Error::kube("list role Job pods"))?;
+    let newest = listed
+        .items
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter(|t| t.exit_code != 0)
+        .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))
+        .and_then(|t| t.message.clone());
+    Ok(newest
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty()))
+}
+
+/// `AdminLoginFailed: ...` -> (AdminLoginFailed, ...); anything else keeps reason JobFailed.
+fn split_reason(message: &str) -> (String, String) {
+    match message.split_once(": ") {
+        Some((reason, rest))
+            if !reason.is_empty() && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            (reason.to_string(), rest.to_string())
+        }
+        _ => ("JobFailed".to_string(), message.to_string()),
+    }
+}
+
 async fn apply_secret(
     applier: &Applier<'_>,
     secrets: &Api<Secret>,
@@ -318,5 +370,30 @@ fn managed_object(kind: &str, name: &str) -> ManagedObject {
         kind: kind.into(),
         name: name.into(),
         facet: Facet::Postgres.label().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reason;
+
+    #[test]
+    fn termination_messages_give_reason_and_detail() {
+        assert_eq!(
+            split_reason("AdminLoginFailed: password authentication failed for user \"postgres\""),
+            (
+                "AdminLoginFailed".into(),
+                "password authentication failed for user \"postgres\"".into()
+            )
+        );
+        assert_eq!(split_reason("killed: OOM"), ("killed".into(), "OOM".into()));
+        assert_eq!(
+            split_reason("no colon here"),
+            ("JobFailed".into(), "no colon here".into())
+        );
+        assert_eq!(
+            split_reason("two words: x"),
+            ("JobFailed".into(), "two words: x".into())
+        );
     }
 }
