@@ -459,14 +459,8 @@ pub fn render_reachability(matrix: &BTreeMap<(String, String), Reach>, tiers: &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::SecurityPolicySpec;
 
-    fn policy(yaml: &str) -> SecurityPolicy {
-        let spec: SecurityPolicySpec = serde_yaml::from_str(yaml).unwrap();
-        let mut p = SecurityPolicy::new("traffic", spec);
-        p.metadata.namespace = Some("traffic".into());
-        p
-    }
+    use crate::facets::test_policy as policy;
 
     const THREE_TIERS: &str = r#"
 tiers:

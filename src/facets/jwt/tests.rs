@@ -9,11 +9,7 @@ fn policy(jwt: &str) -> SecurityPolicy {
     let yaml = format!(
         "tiers:\n  backend: {{podSelector: {{matchLabels: {{tier: backend}}}}}}\njwt:\n{jwt}"
     );
-    let spec: SecurityPolicySpec = serde_yaml::from_str(&yaml).unwrap();
-    let mut p = SecurityPolicy::new("traffic", spec);
-    p.metadata.namespace = Some("traffic".into());
-    p.metadata.uid = Some("0b6f3c52-policy-uid".into());
-    p
+    crate::facets::test_policy(&yaml)
 }
 
 const API_MONTHLY: &str =

@@ -5,7 +5,7 @@ use k8s_openapi::ByteString;
 use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
 
 use super::*;
-use crate::api::{CertificateDefaults, PrivateKeySpec, SecurityPolicySpec};
+use crate::api::{CertificateDefaults, PrivateKeySpec};
 use crate::kube_io::{LABEL_FACET, LABEL_MANAGED_BY, LABEL_POLICY};
 
 const POLICY: &str = r#"
@@ -18,13 +18,7 @@ tls:
     - {name: postgres, secretName: postgres-tls, dnsNames: [postgres.traffic.svc], ipAddresses: ["10.0.0.7"]}
 "#;
 
-fn policy(yaml: &str) -> SecurityPolicy {
-    let spec: SecurityPolicySpec = serde_yaml::from_str(yaml).unwrap();
-    let mut p = SecurityPolicy::new("traffic", spec);
-    p.metadata.namespace = Some("traffic".into());
-    p.metadata.uid = Some("0b6f3c52-policy-uid".into());
-    p
-}
+use crate::facets::test_policy as policy;
 
 fn now() -> Timestamp {
     "2026-12-01T00:00:00Z".parse().unwrap()
