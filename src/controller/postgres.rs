@@ -47,6 +47,11 @@ fn outcome(
     }
 }
 
+/// A spec or generation problem: reported, not retried until something changes.
+fn invalid(e: PgError) -> PgOutcome {
+    outcome(ConditionStatus::False, e.reason(), e.to_string(), None)
+}
+
 pub async fn reconcile_postgres(
     policy: &SecurityPolicy,
     ctx: &Context,
@@ -123,14 +128,7 @@ pub async fn reconcile_postgres(
     let desired = match desired_postgres(policy, &observed, ca_bundle) {
         Ok(Some(d)) => d,
         Ok(None) => return Ok(None),
-        Err(e) => {
-            return Ok(Some(outcome(
-                ConditionStatus::False,
-                e.reason(),
-                e.to_string(),
-                None,
-            )));
-        }
+        Err(e) => return Ok(Some(invalid(e))),
     };
     for mut secret in desired.role_secrets.iter().cloned() {
         let name = secret.name_any();
@@ -145,13 +143,7 @@ pub async fn reconcile_postgres(
     apply_secret(applier, &secrets, desired.verifiers_secret.clone(), managed).await?;
 
     let Some(admin) = pg.admin_secret_ref.as_ref() else {
-        let e = PgError::NoAdminSecretRef;
-        return Ok(Some(outcome(
-            ConditionStatus::False,
-            e.reason(),
-            e.to_string(),
-            None,
-        )));
+        return Ok(Some(invalid(PgError::NoAdminSecretRef)));
     };
     // Only the admin Secret's existence is checked here; its content goes to the Job, never to us.
     if secrets
@@ -178,14 +170,7 @@ pub async fn reconcile_postgres(
         &RoleJobSettings::new(ctx.job_image.clone()),
     ) {
         Ok(job) => job,
-        Err(e) => {
-            return Ok(Some(outcome(
-                ConditionStatus::False,
-                e.reason(),
-                e.to_string(),
-                None,
-            )));
-        }
+        Err(e) => return Ok(Some(invalid(e))),
     };
     let job_name = job.name_any();
     let live = jobs

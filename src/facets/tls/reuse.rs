@@ -80,47 +80,52 @@ pub fn decide_leaf(
     now: Timestamp,
 ) -> Reuse {
     use ReissueReason::*;
-    let Some((crt, key)) = observed.and_then(|d| Some((d.get(TLS_CRT)?, d.get(TLS_KEY)?))) else {
-        return Reuse::Reissue(Missing);
-    };
-    let Some(chain) = pki::pem_certificates(&crt.0) else {
-        return Reuse::Reissue(Unreadable);
-    };
-    let Some(cert) = chain.first().and_then(|der| pki::parse_certificate(der)) else {
-        return Reuse::Reissue(Unreadable);
-    };
-    let Some(key) = pki::parse_key(&key.0) else {
-        return Reuse::Reissue(Unreadable);
-    };
-    if !pki::key_matches(key.expose(), &cert) {
-        return Reuse::Reissue(KeyMismatch);
-    }
-    if !trusted.iter().any(|ca| pki::signed_by(&cert, ca)) {
-        return Reuse::Reissue(UntrustedIssuer);
-    }
-    if KeyKind::of_certificate(&cert) != Some(request.key) {
-        return Reuse::Reissue(KeyAlgorithmChanged);
-    }
-    if pki::common_name(&cert).as_deref() != Some(request.common_name.as_str()) {
-        return Reuse::Reissue(SubjectChanged);
-    }
-    let (dns, ips) = pki::subject_alt_names(&cert);
-    if dns != request.dns_names || ips != request.ip_addresses {
-        return Reuse::Reissue(SansChanged);
-    }
-    if pki::usages(&cert) != request.usages {
-        return Reuse::Reissue(UsagesChanged);
-    }
-    if now >= renewal_time(pki::not_after(&cert), request.renew_before) {
-        return Reuse::Reissue(RenewalDue);
-    }
-    Reuse::Keep
+    with_matching_pair(observed, |cert| {
+        if !trusted.iter().any(|ca| pki::signed_by(cert, ca)) {
+            return Reuse::Reissue(UntrustedIssuer);
+        }
+        if KeyKind::of_certificate(cert) != Some(request.key) {
+            return Reuse::Reissue(KeyAlgorithmChanged);
+        }
+        if pki::common_name(cert).as_deref() != Some(request.common_name.as_str()) {
+            return Reuse::Reissue(SubjectChanged);
+        }
+        let (dns, ips) = pki::subject_alt_names(cert);
+        if dns != request.dns_names || ips != request.ip_addresses {
+            return Reuse::Reissue(SansChanged);
+        }
+        if pki::usages(cert) != request.usages {
+            return Reuse::Reissue(UsagesChanged);
+        }
+        if now >= renewal_time(pki::not_after(cert), request.renew_before) {
+            return Reuse::Reissue(RenewalDue);
+        }
+        Reuse::Keep
+    })
 }
 
 /// Whether the generated CA in `observed` can stay: readable, a CA, its key matches, and
 /// `now` is before its renewal time. Spec edits (common name, algorithm) do not replace a CA:
 /// that would break every client's trust at once.
 pub fn decide_ca(observed: Option<&SecretData>, renew_before: Duration, now: Timestamp) -> Reuse {
+    use ReissueReason::*;
+    with_matching_pair(observed, |cert| {
+        if !pki::is_ca(cert) {
+            return Reuse::Reissue(NotCa);
+        }
+        if now >= renewal_time(pki::not_after(cert), renew_before) {
+            return Reuse::Reissue(RenewalDue);
+        }
+        Reuse::Keep
+    })
+}
+
+/// Reads `tls.crt` and `tls.key`; hands the first certificate to `check` only when both parse
+/// and the key belongs to it.
+fn with_matching_pair(
+    observed: Option<&SecretData>,
+    check: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> Reuse,
+) -> Reuse {
     use ReissueReason::*;
     let Some((crt, key)) = observed.and_then(|d| Some((d.get(TLS_CRT)?, d.get(TLS_KEY)?))) else {
         return Reuse::Reissue(Missing);
@@ -137,11 +142,5 @@ pub fn decide_ca(observed: Option<&SecretData>, renew_before: Duration, now: Tim
     if !pki::key_matches(key.expose(), &cert) {
         return Reuse::Reissue(KeyMismatch);
     }
-    if !pki::is_ca(&cert) {
-        return Reuse::Reissue(NotCa);
-    }
-    if now >= renewal_time(pki::not_after(&cert), renew_before) {
-        return Reuse::Reissue(RenewalDue);
-    }
-    Reuse::Keep
+    check(&cert)
 }
