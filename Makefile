@@ -12,7 +12,7 @@ export K8S_VERSION KUBEBUILDER_ASSETS BULWARK_K8S_VERSION
 CLUSTER_DIR := .cluster
 CRD_FILE := crds/securitypolicies.bulwark.dev.yaml
 
-.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down
+.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down kafka
 
 help:
 	@echo "make demo          local control plane, operator, example policy, produced objects"
@@ -53,7 +53,11 @@ unit:
 test-deps:
 	python3 -m pip install --quiet --disable-pip-version-check 'PyJWT[crypto]==2.15.1'
 
-test: lint controlplane test-deps
+# Kafka broker jars and the Java client tool of the Kafka tests, cached per version.
+kafka:
+	@hack/kafka.sh >/dev/null
+
+test: lint controlplane kafka test-deps
 	cargo test --workspace --no-fail-fast
 
 demo:

@@ -47,12 +47,14 @@ echo $! > "$pidfile"
 
 echo "== applying $example"
 kubectl create namespace traffic --dry-run=client -o yaml | kubectl apply -f -
-# The database admin the role Job logs in as; a real deployment brings its own.
+# The database and broker admins the role and user Jobs log in as; a real deployment brings its own.
 kubectl -n traffic create secret generic postgres-superuser --from-literal=username=postgres \
   --from-literal=password="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n traffic create secret generic kafka-admin --from-literal=username=admin \
+  --from-literal=password="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')" --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -f "$example"
-# Without a kubelet the role Job never runs here, so PostgresReady (and Ready) stay False with
-# reason JobRunning; the facets that need no pod must be Ready.
+# Without a kubelet the role and user Jobs never run here, so PostgresReady, KafkaReady (and
+# Ready) stay False with reason JobRunning; the facets that need no pod must be Ready.
 for condition in NetworkReady TLSReady JWTReady; do
   if ! kubectl -n traffic wait --for=condition=$condition securitypolicy/traffic --timeout=90s; then
     echo "$condition did not become True; operator log:" >&2

@@ -7,6 +7,7 @@ pub mod facets;
 pub mod kube_io;
 pub mod provision;
 pub mod render;
+pub mod scram;
 pub mod telemetry;
 
 /// Renders the CustomResourceDefinition exactly as it is checked in under `crds/`.

@@ -47,6 +47,11 @@ enum ProvisionTarget {
     /// BULWARK_PG_VERIFIERS), BULWARK_PG_ADMIN_USER, BULWARK_PG_ADMIN_PASSWORD and, optionally,
     /// BULWARK_PG_CA_FILE.
     Postgres,
+    /// Register the salted SCRAM credentials of a plan on a Kafka cluster and delete the ones it
+    /// removes. Inputs come from the environment: BULWARK_KAFKA_PLAN_FILE (or
+    /// BULWARK_KAFKA_PLAN), BULWARK_KAFKA_CREDENTIALS_FILE (or BULWARK_KAFKA_CREDENTIALS),
+    /// BULWARK_KAFKA_ADMIN_USER, BULWARK_KAFKA_ADMIN_PASSWORD and BULWARK_KAFKA_CA_FILE.
+    Kafka,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run(args).await?,
         Command::Provision(ProvisionTarget::Postgres) => provision_postgres().await?,
+        Command::Provision(ProvisionTarget::Kafka) => provision_kafka().await?,
     }
     Ok(())
 }
@@ -118,15 +124,44 @@ async fn provision_postgres() -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => {
-            // The kubelet turns this file into the pod's termination message for the operator.
-            let log = std::env::var_os("BULWARK_TERMINATION_LOG")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| "/dev/termination-log".into());
-            if log.exists() {
-                let _ = std::fs::write(&log, format!("{}: {e}", e.reason()));
-            }
+            write_termination_log(e.reason(), &e);
             Err(anyhow::Error::new(e).context("provisioning PostgreSQL roles"))
         }
+    }
+}
+
+async fn provision_kafka() -> anyhow::Result<()> {
+    use bulwark::provision::kafka::{ProvisionInput, provision_kafka};
+    telemetry::init_tracing(LogFormat::Text);
+    let outcome = match ProvisionInput::from_env() {
+        Ok(input) => provision_kafka(&input).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(summary) => {
+            tracing::info!(
+                registered = ?summary.registered,
+                removed = ?summary.removed,
+                already_absent = ?summary.already_absent,
+                "Kafka SCRAM credentials provisioned"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            write_termination_log(e.reason(), &e);
+            Err(anyhow::Error::new(e).context("provisioning Kafka SCRAM credentials"))
+        }
+    }
+}
+
+/// `<Reason>: <message>`, which the kubelet turns into the pod's termination message for the
+/// operator.
+fn write_termination_log(reason: &str, message: &dyn std::fmt::Display) {
+    let log = std::env::var_os("BULWARK_TERMINATION_LOG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    if log.exists() {
+        let _ = std::fs::write(&log, format!("{reason}: {message}"));
     }
 }
 

@@ -5,25 +5,17 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use bulwark::api::SecurityPolicy;
 use bulwark_testenv::{PgTls, Postgres};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use support::*;
-
-async fn secret_data(client: &kube::Client, ns: &str, name: &str) -> BTreeMap<String, String> {
-    secret_bytes(client, ns, name)
-        .await
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
-        .collect()
-}
 
 async fn role_jobs(client: &kube::Client, ns: &str) -> Vec<Job> {
     let api: Api<Job> = Api::namespaced(client.clone(), ns);
@@ -31,108 +23,6 @@ async fn role_jobs(client: &kube::Client, ns: &str) -> Vec<Job> {
         .await
         .unwrap()
         .items
-}
-
-/// Runs the Job's container command here, as a kubelet would there, and finishes its pod.
-async fn play_kubelet(client: &kube::Client, ns: &str, job: &Job, scratch: &Path) -> bool {
-    let spec = job.spec.as_ref().unwrap().template.spec.clone().unwrap();
-    let container = &spec.containers[0];
-    let mut env: Vec<(String, String)> = Vec::new();
-    // Volumes become directories under `scratch`; paths in env are rewritten to match.
-    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
-    for mount in container.volume_mounts.iter().flatten() {
-        let volume = spec
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == mount.name)
-            .unwrap();
-        let dir = scratch.join(mount.name.as_str());
-        std::fs::create_dir_all(&dir).unwrap();
-        let files: BTreeMap<String, String> = if let Some(s) = &volume.secret {
-            secret_data(client, ns, s.secret_name.as_deref().unwrap()).await
-        } else if let Some(c) = &volume.config_map {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-            api.get(&c.name).await.unwrap().data.unwrap_or_default()
-        } else {
-            panic!("unexpected volume {:?}", volume.name)
-        };
-        for (k, v) in files {
-            std::fs::write(dir.join(k), v).unwrap();
-        }
-        mounts.push((mount.mount_path.clone(), dir));
-    }
-    for var in container.env.iter().flatten() {
-        let value = if let Some(v) = &var.value {
-            let mut v = v.clone();
-            for (path, dir) in &mounts {
-                if let Some(rest) = v.strip_prefix(path.as_str()) {
-                    v = format!("{}{rest}", dir.display());
-                }
-            }
-            v
-        } else {
-            let key_ref = var
-                .value_from
-                .as_ref()
-                .unwrap()
-                .secret_key_ref
-                .as_ref()
-                .unwrap();
-            secret_data(client, ns, &key_ref.name).await[&key_ref.key].clone()
-        };
-        env.push((var.name.clone(), value));
-    }
-    let mut args = container.command.clone().unwrap_or_default();
-    args.extend(container.args.clone().unwrap_or_default());
-    assert_eq!(args[0], "bulwark", "the Job runs the operator binary");
-    // As the kubelet does with terminationMessagePath, the file becomes the termination message.
-    let termination_log = scratch.join("termination-log");
-    std::fs::write(&termination_log, "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(&args[1..])
-        .env_clear()
-        .envs(env)
-        .env("BULWARK_TERMINATION_LOG", &termination_log)
-        .output()
-        .unwrap();
-    let termination_message = std::fs::read_to_string(&termination_log).unwrap();
-    let succeeded = out.status.success();
-    if !succeeded {
-        eprintln!(
-            "job command failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = format!("job-name={}", job.name_any());
-    let pod = eventually(Duration::from_secs(30), "the Job's pod", || async {
-        pods.list(&ListParams::default().labels(&selector))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-    })
-    .await;
-    let now = jiff::Timestamp::now().to_string();
-    let status = serde_json::json!({"status": {
-        "phase": if succeeded { "Succeeded" } else { "Failed" },
-        "containerStatuses": [{
-            "name": container.name, "image": container.image, "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"terminated": {"exitCode": if succeeded { 0 } else { 1 }, "reason": if succeeded { "Completed" } else { "Error" }, "message": termination_message,
-                "startedAt": now, "finishedAt": now}}
-        }]
-    }});
-    pods.patch_status(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&status),
-    )
-    .await
-    .unwrap();
-    succeeded
 }
 
 fn psql_as(

@@ -1,6 +1,9 @@
 //! The reconciler: orders the facets' pure builders, applies their output, writes status.
 
+pub mod credentials;
+pub mod job;
 pub mod jwt;
+pub mod kafka;
 pub mod leader;
 pub mod postgres;
 pub mod status;
@@ -331,7 +334,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         };
         reports.push(outcome.report);
     }
-    let mut pg_requeue = None;
+    let mut job_requeue = None;
     if let Some(outcome) = postgres::reconcile_postgres(
         policy,
         ctx,
@@ -342,21 +345,24 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     )
     .await?
     {
-        pg_requeue = outcome.requeue;
+        job_requeue = outcome.requeue;
         reports.push(outcome.report);
     }
-    for (present, facet) in [(policy.spec.kafka.is_some(), Facet::Kafka)] {
-        if present {
-            reports.push(FacetReport {
-                facet,
-                status: ConditionStatus::Unknown,
-                reason: "NotImplemented".into(),
-                message: format!(
-                    "this version of Bulwark does not produce the {} facet yet",
-                    facet.label()
-                ),
-            });
-        }
+    if let Some(outcome) = kafka::reconcile_kafka(
+        policy,
+        ctx,
+        &applier,
+        &ns,
+        &mut managed_objects,
+        bundle.as_deref(),
+    )
+    .await?
+    {
+        job_requeue = match (job_requeue, outcome.requeue) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        reports.push(outcome.report);
     }
     reports.sort_by_key(|r| r.facet);
     managed_objects.sort();
@@ -392,7 +398,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
             .max(Duration::from_secs(1));
         requeue = Some(requeue.map_or(until, |r| r.min(until)));
     }
-    if let Some(pg) = pg_requeue {
+    if let Some(pg) = job_requeue {
         requeue = Some(requeue.map_or(pg, |r| r.min(pg)));
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))

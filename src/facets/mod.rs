@@ -1,6 +1,8 @@
 //! One module per facet: pure desired-state builders (spec + observed -> objects), no I/O.
 
+pub mod job;
 pub mod jwt;
+pub mod kafka;
 pub mod network;
 pub mod postgres;
 pub mod tls;

@@ -7,22 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, KeyToPath,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::api::{PgIdentifier, PostgresSpec, RoleAccess, SecurityPolicy, SslMode};
-use crate::facets::tls::{Sensitive, generate_password, trust_bundle_name};
+use crate::facets::job::{JobSettings, ProvisionJob, job_name, provision_job, short_hash};
+use crate::facets::tls::{Sensitive, generate_password};
 use crate::kube_io::{Facet, produced_meta};
+use crate::scram::ScramHash;
 
 pub const SECRET_TYPE_BASIC_AUTH: &str = "kubernetes.io/basic-auth";
 /// Key of the verifiers Secret holding `{role: verifier}` as JSON.
@@ -49,9 +44,6 @@ pub mod env {
     /// PEM bundle the server certificate must chain to; absent: nothing to verify against.
     pub const CA_FILE: &str = "BULWARK_PG_CA_FILE";
 }
-
-const PLAN_MOUNT: &str = "/etc/bulwark/pg";
-const CA_MOUNT: &str = "/etc/bulwark/ca";
 
 /// Why the PostgreSQL facet cannot produce its objects. Messages never carry a password.
 #[derive(Debug, thiserror::Error)]
@@ -139,29 +131,6 @@ impl std::fmt::Debug for DesiredPostgres {
     }
 }
 
-/// How the role Job runs; the image is the operator's own.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RoleJobSettings {
-    pub image: String,
-    /// Command that starts the operator binary in the image; `provision postgres` follows.
-    pub command: Vec<String>,
-    pub backoff_limit: i32,
-    pub active_deadline_seconds: i64,
-    pub ttl_seconds_after_finished: i32,
-}
-
-impl RoleJobSettings {
-    pub fn new(image: impl Into<String>) -> Self {
-        Self {
-            image: image.into(),
-            command: vec!["bulwark".into()],
-            backoff_limit: 3,
-            active_deadline_seconds: 300,
-            ttl_seconds_after_finished: 3600,
-        }
-    }
-}
-
 pub fn verifiers_secret_name(policy: &str) -> String {
     format!("{policy}-pg-verifiers")
 }
@@ -177,29 +146,18 @@ pub fn role_secret_name(policy: &str, role: &crate::api::PostgresRole) -> String
 
 /// `<policy>-pg-roles-<hash>`, shortened on the policy side to stay a valid label value (63).
 pub fn role_job_name(policy: &str, hash: &str) -> String {
-    let suffix = format!("-pg-roles-{hash}");
-    let room = 63usize.saturating_sub(suffix.len());
-    let prefix: String = policy.chars().take(room).collect();
-    format!("{}{suffix}", prefix.trim_end_matches(['-', '.']))
+    job_name(policy, "pg-roles", hash)
 }
 
 /// SCRAM-SHA-256 verifier as PostgreSQL stores it: `SCRAM-SHA-256$i:salt$StoredKey:ServerKey`.
 pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> String {
-    let mut salted = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
-    let hmac = |key: &[u8], msg: &[u8]| {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key");
-        mac.update(msg);
-        mac.finalize().into_bytes()
-    };
-    let client_key = hmac(&salted, b"Client Key");
-    let stored_key = Sha256::digest(client_key);
-    let server_key = hmac(&salted, b"Server Key");
+    let hash = ScramHash::Sha256;
+    let keys = hash.keys(&hash.salted_password(password.as_bytes(), salt, iterations));
     format!(
         "SCRAM-SHA-256${iterations}:{}${}:{}",
         B64.encode(salt),
-        B64.encode(stored_key),
-        B64.encode(server_key)
+        B64.encode(&keys.stored_key),
+        B64.encode(&keys.server_key)
     )
 }
 
@@ -439,49 +397,13 @@ pub fn desired_postgres(
     }))
 }
 
-fn short_hash(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p);
-    }
-    h.finalize()
-        .iter()
-        .take(5)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
-fn plain_env(name: &str, value: String) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value),
-        ..EnvVar::default()
-    }
-}
-
 /// The Job that applies `desired`'s plan: the operator image running `provision postgres`,
 /// plan and verifiers mounted from the verifiers Secret, admin credentials from
 /// `adminSecretRef`, the trust bundle when the policy has tls. Same hash, same Job.
 pub fn desired_role_job(
     policy: &SecurityPolicy,
     desired: &DesiredPostgres,
-    settings: &RoleJobSettings,
+    settings: &JobSettings,
 ) -> Result<Job, PgError> {
     let admin = policy
         .spec
@@ -489,140 +411,24 @@ pub fn desired_role_job(
         .as_ref()
         .and_then(|pg| pg.admin_secret_ref.as_ref())
         .ok_or(PgError::NoAdminSecretRef)?;
-    let name = policy.name_any();
-    let has_tls = policy.spec.tls.is_some();
-
-    let mut env = vec![
-        plain_env(env::PLAN_FILE, format!("{PLAN_MOUNT}/{PLAN_KEY}")),
-        plain_env(env::VERIFIERS_FILE, format!("{PLAN_MOUNT}/{VERIFIERS_KEY}")),
-        secret_env(env::ADMIN_USER, &admin.name, "username"),
-        secret_env(env::ADMIN_PASSWORD, &admin.name, "password"),
-    ];
-    let mut volumes = vec![Volume {
-        name: "plan".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(verifiers_secret_name(&name)),
-            default_mode: Some(0o400),
-            items: Some(
-                [PLAN_KEY, VERIFIERS_KEY]
-                    .map(|k| KeyToPath {
-                        key: k.into(),
-                        path: k.into(),
-                        mode: None,
-                    })
-                    .to_vec(),
-            ),
-            optional: Some(false),
-        }),
-        ..Volume::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "plan".into(),
-        mount_path: PLAN_MOUNT.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    }];
-    if has_tls {
-        env.push(plain_env(env::CA_FILE, format!("{CA_MOUNT}/ca.crt")));
-        volumes.push(Volume {
-            name: "ca".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: trust_bundle_name(&name),
-                items: Some(vec![KeyToPath {
-                    key: "ca.crt".into(),
-                    path: "ca.crt".into(),
-                    mode: None,
-                }]),
-                default_mode: Some(0o444),
-                optional: Some(false),
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "ca".into(),
-            mount_path: CA_MOUNT.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-
-    let quantities = |cpu: &str, mem: &str| {
-        BTreeMap::from([
-            ("cpu".to_string(), Quantity(cpu.into())),
-            ("memory".to_string(), Quantity(mem.into())),
-        ])
-    };
-    let mut command = settings.command.clone();
-    command.extend(["provision".to_string(), "postgres".to_string()]);
-    let container = Container {
-        name: "provision".into(),
-        image: Some(settings.image.clone()),
-        command: Some(command),
-        env: Some(env),
-        volume_mounts: Some(mounts),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities("10m", "32Mi")),
-            limits: Some(quantities("500m", "128Mi")),
-            ..ResourceRequirements::default()
-        }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
-
-    let meta = produced_meta(
+    Ok(provision_job(
         policy,
-        role_job_name(&name, &desired.job_hash),
-        Facet::Postgres,
-    );
-    let pod_meta = kube::api::ObjectMeta {
-        labels: meta.labels.clone(),
-        ..Default::default()
-    };
-    Ok(Job {
-        metadata: meta,
-        spec: Some(JobSpec {
-            backoff_limit: Some(settings.backoff_limit),
-            active_deadline_seconds: Some(settings.active_deadline_seconds),
-            ttl_seconds_after_finished: Some(settings.ttl_seconds_after_finished),
-            template: PodTemplateSpec {
-                metadata: Some(pod_meta),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            ..JobSpec::default()
-        }),
-        ..Job::default()
-    })
+        &ProvisionJob {
+            facet: Facet::Postgres,
+            target: "postgres",
+            name_infix: "pg-roles",
+            hash: &desired.job_hash,
+            input_secret: verifiers_secret_name(&policy.name_any()),
+            inputs: &[
+                (PLAN_KEY, env::PLAN_FILE),
+                (VERIFIERS_KEY, env::VERIFIERS_FILE),
+            ],
+            admin_secret: &admin.name,
+            admin_env: (env::ADMIN_USER, env::ADMIN_PASSWORD),
+            ca_env: env::CA_FILE,
+        },
+        settings,
+    ))
 }
 
 #[cfg(test)]
@@ -630,6 +436,7 @@ mod tests {
     use super::*;
 
     use crate::facets::test_policy as policy;
+    use k8s_openapi::api::core::v1::EnvVar;
 
     const SPEC: &str = r#"
 tiers:
@@ -973,7 +780,7 @@ postgres:
         let d = desired_postgres(&p, &ObservedPostgres::default(), None)
             .unwrap()
             .unwrap();
-        let job = desired_role_job(&p, &d, &RoleJobSettings::new("bulwark:dev")).unwrap();
+        let job = desired_role_job(&p, &d, &JobSettings::new("bulwark:dev")).unwrap();
         assert_eq!(job.name_any(), format!("traffic-pg-roles-{}", d.job_hash));
         assert_eq!(d.job_hash.len(), 10);
         let spec = job.spec.as_ref().unwrap();
@@ -1032,11 +839,11 @@ postgres:
         );
         assert_eq!(
             env[env::PLAN_FILE].value.as_deref(),
-            Some("/etc/bulwark/pg/plan.json")
+            Some("/etc/bulwark/input/plan.json")
         );
         assert_eq!(
             env[env::VERIFIERS_FILE].value.as_deref(),
-            Some("/etc/bulwark/pg/verifiers.json")
+            Some("/etc/bulwark/input/verifiers.json")
         );
         assert_eq!(
             env[env::CA_FILE].value.as_deref(),
@@ -1057,7 +864,7 @@ postgres:
             "traffic-trust-bundle"
         );
         // Same inputs, same Job.
-        let again = desired_role_job(&p, &d, &RoleJobSettings::new("bulwark:dev")).unwrap();
+        let again = desired_role_job(&p, &d, &JobSettings::new("bulwark:dev")).unwrap();
         assert_eq!(job, again);
     }
 
@@ -1072,7 +879,7 @@ postgres: {host: db, database: d, adminSecretRef: {name: adm}, roles: [{name: a,
         let d = desired_postgres(&p, &ObservedPostgres::default(), None)
             .unwrap()
             .unwrap();
-        let job = desired_role_job(&p, &d, &RoleJobSettings::new("img")).unwrap();
+        let job = desired_role_job(&p, &d, &JobSettings::new("img")).unwrap();
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.volumes.unwrap().len(), 1);
         assert!(
@@ -1086,7 +893,7 @@ postgres: {host: db, database: d, adminSecretRef: {name: adm}, roles: [{name: a,
 
         let mut no_admin = p.clone();
         no_admin.spec.postgres.as_mut().unwrap().admin_secret_ref = None;
-        let err = desired_role_job(&no_admin, &d, &RoleJobSettings::new("img")).unwrap_err();
+        let err = desired_role_job(&no_admin, &d, &JobSettings::new("img")).unwrap_err();
         assert_eq!(err.reason(), "AdminSecretMissing");
     }
 }

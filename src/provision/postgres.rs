@@ -89,36 +89,31 @@ impl ProvisionInput {
 
     /// As [`Self::from_env`], with variables from `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ProvisionError> {
-        let inline_or_file = |inline: &str, file: &str| -> Result<String, ProvisionError> {
-            if let Some(v) = lookup(inline).filter(|v| !v.is_empty()) {
-                return Ok(v);
-            }
-            let path = lookup(file)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| ProvisionError::Input(format!("set {file} (or {inline})")))?;
-            std::fs::read_to_string(&path)
-                .map_err(|e| ProvisionError::Input(format!("{file}={path}: {e}")))
-        };
-        let plan: RolePlan = serde_json::from_str(&inline_or_file(env::PLAN, env::PLAN_FILE)?)
-            .map_err(|e| ProvisionError::Input(format!("plan: {e}")))?;
-        let verifiers: BTreeMap<String, String> =
-            serde_json::from_str(&inline_or_file(env::VERIFIERS, env::VERIFIERS_FILE)?)
-                // serde_json's message names a position, not the content.
-                .map_err(|e| ProvisionError::Input(format!("verifiers: {e}")))?;
-        let required = |k: &str| {
-            lookup(k)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| ProvisionError::Input(format!("{k} is not set")))
-        };
-        let admin_user = required(env::ADMIN_USER)?;
-        let admin_password = Sensitive::new(required(env::ADMIN_PASSWORD)?);
-        let ca_pem = match lookup(env::CA_FILE).filter(|v| !v.is_empty()) {
-            Some(path) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| ProvisionError::Input(format!("{}={path}: {e}", env::CA_FILE)))?,
-            ),
-            None => None,
-        };
+        let env_in = super::JobEnv(lookup);
+        let plan: RolePlan = serde_json::from_str(
+            &env_in
+                .inline_or_file(env::PLAN, env::PLAN_FILE)
+                .map_err(ProvisionError::Input)?,
+        )
+        .map_err(|e| ProvisionError::Input(format!("plan: {e}")))?;
+        let verifiers: BTreeMap<String, String> = serde_json::from_str(
+            &env_in
+                .inline_or_file(env::VERIFIERS, env::VERIFIERS_FILE)
+                .map_err(ProvisionError::Input)?,
+        )
+        // serde_json's message names a position, not the content.
+        .map_err(|e| ProvisionError::Input(format!("verifiers: {e}")))?;
+        let admin_user = env_in
+            .required(env::ADMIN_USER)
+            .map_err(ProvisionError::Input)?;
+        let admin_password = Sensitive::new(
+            env_in
+                .required(env::ADMIN_PASSWORD)
+                .map_err(ProvisionError::Input)?,
+        );
+        let ca_pem = env_in
+            .optional_file(env::CA_FILE)
+            .map_err(ProvisionError::Input)?;
         Ok(Self {
             plan,
             verifiers: verifiers

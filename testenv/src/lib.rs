@@ -1,11 +1,13 @@
 //! Test environment for Bulwark: a real Kubernetes control plane (etcd, kube-apiserver,
-//! kube-controller-manager) and a real PostgreSQL server, both on loopback only.
+//! kube-controller-manager), a real PostgreSQL server and a real Kafka broker, all on loopback
+//! only.
 //!
 //! Processes started here die with the test binary: they are forked by one long-lived thread
 //! with `PR_SET_PDEATHSIG(SIGKILL)`, and an `atexit` hook stops them and removes their state.
 
 mod controlplane;
 pub mod detached;
+pub mod kafka;
 mod postgres;
 mod process;
 pub mod tls;
