@@ -12,7 +12,7 @@ export K8S_VERSION KUBEBUILDER_ASSETS BULWARK_K8S_VERSION
 CLUSTER_DIR := .cluster
 CRD_FILE := crds/securitypolicies.bulwark.dev.yaml
 
-.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down kafka
+.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down kafka e2e e2e-kind
 
 help:
 	@echo "make demo          local control plane, operator, example policy, produced objects"
@@ -21,7 +21,9 @@ help:
 	@echo "make cluster-up    start the local control plane; kubeconfig in $(CLUSTER_DIR)/kubeconfig"
 	@echo "make cluster-down  stop it (and a demo operator) leaving no process behind"
 	@echo "make lint          rustfmt, clippy, CRD freshness"
-	@echo "make crds          regenerate $(CRD_FILE)"
+	@echo "make crds          regenerate $(CRD_FILE), the chart's copy, deploy/ and docs/api.md"
+	@echo "make e2e           the e2e suite against the local control plane (part of make test)"
+	@echo "make e2e-kind      the same suite on a kind cluster with the image and chart, plus live probes"
 
 controlplane:
 	@hack/controlplane.sh >/dev/null
@@ -38,6 +40,7 @@ cluster-down: demo-down
 
 crds:
 	cargo run -q --bin bulwark -- crd > $(CRD_FILE)
+	cargo run -q --bin bulwark -- crd --api-docs > docs/api.md
 	hack/render-manifests.sh
 
 lint:
@@ -57,8 +60,17 @@ test-deps:
 kafka:
 	@hack/kafka.sh >/dev/null
 
+# `cargo test --workspace` includes the e2e suite (target e2e) on its own local control plane.
 test: lint controlplane kafka test-deps
 	cargo test --workspace --no-fail-fast
+
+# The e2e suite alone: local control plane, chart, operator with the chart's ServiceAccount.
+e2e: controlplane
+	cargo test --test e2e -- --nocapture
+
+# The same suite on kind with the image and chart, plus live probes (needs a Docker engine).
+e2e-kind:
+	hack/e2e-kind.sh
 
 demo:
 	hack/demo.sh

@@ -21,7 +21,11 @@ enum Command {
     /// Run the operator.
     Run(RunArgs),
     /// Print the SecurityPolicy CustomResourceDefinition.
-    Crd,
+    Crd {
+        /// Print the API reference (Markdown) generated from the CRD schema instead.
+        #[arg(long)]
+        api_docs: bool,
+    },
     /// Print, offline, the objects a policy would produce (secret values elided).
     Render {
         /// Policy file (YAML, may hold several documents); `-` reads stdin.
@@ -82,7 +86,8 @@ struct RunArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => print!("{}", bulwark::crd_yaml()),
+        Command::Crd { api_docs: false } => print!("{}", bulwark::crd_yaml()),
+        Command::Crd { api_docs: true } => print!("{}", bulwark::api::docs::api_markdown()),
         Command::Version => println!("bulwark {}", env!("CARGO_PKG_VERSION")),
         Command::Render { file } => {
             let policies = bulwark::render::parse_policies(&read_input(&file)?)?;

@@ -1,5 +1,6 @@
 //! The `SecurityPolicy` API (`bulwark.dev/v1alpha1`): the only place the spec is read raw.
 
+pub mod docs;
 mod duration;
 mod types;
 
