@@ -3,9 +3,11 @@
 //! - Local (`make e2e`, part of `make test`): this test binary's own control plane (etcd,
 //!   kube-apiserver, kube-controller-manager), the chart installed with helm, and the operator
 //!   binary run with a token of the chart's ServiceAccount: what the chart's Deployment does,
-//!   minus the kubelet.
+//!   minus the kubelet, whose part the test plays for the role and user Jobs against a real
+//!   PostgreSQL and Kafka broker, so the full example reaches Ready.
 //! - A real cluster (`make e2e-kind`, see `hack/e2e-kind.sh`): `BULWARK_E2E_KUBECONFIG` names it,
-//!   the chart is already installed and its Deployment runs the image. `BULWARK_E2E_PROBES=1`
+//!   the chart is already installed and its Deployment runs the image; the example runs without
+//!   its data-tier Jobs (there is no database or broker there). `BULWARK_E2E_PROBES=1`
 //!   adds live probes between tier pods (frontend to data denied, backend to data allowed, DNS
 //!   works), which need a kubelet and a NetworkPolicy-enforcing CNI.
 //!
@@ -42,7 +44,8 @@ const POLICY_LABEL: &str = "bulwark.dev/policy=traffic";
 struct Target {
     client: kube::Client,
     probes: bool,
-    _operator: Option<ChartOperator>,
+    /// The operator run for the local target; stops when dropped.
+    operator: Option<ChartOperator>,
 }
 
 fn step(name: &str) {
@@ -60,7 +63,7 @@ async fn target() -> Target {
         return Target {
             client: kube::Client::try_from(config).unwrap(),
             probes: std::env::var("BULWARK_E2E_PROBES").is_ok_and(|v| v == "1"),
-            _operator: None,
+            operator: None,
         };
     }
     let client = client().await;
@@ -71,7 +74,7 @@ async fn target() -> Target {
     Target {
         client,
         probes: false,
-        _operator: Some(ChartOperator::start(&kubeconfig, RELEASE_NS, &[])),
+        operator: Some(ChartOperator::start(&kubeconfig, RELEASE_NS, &[])),
     }
 }
 
@@ -138,14 +141,25 @@ async fn e2e() {
     )
     .await;
 
-    step("the example reaches Ready");
     let ns = fresh_namespace(&client, "e2e-traffic").await;
-    let mut policy = example_policy(&ns);
-    apply_policy(&client, &policy)
-        .await
-        .expect("the example is accepted");
-    let (reason, message) = wait_condition(&client, &ns, "traffic", "Ready", "True").await;
-    assert_eq!(reason, "Reconciled", "{message}");
+    let scratch = std::env::temp_dir().join(format!("bulwark-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let _data_tier = if target.operator.is_some() {
+        step(
+            "the full example reaches Ready (this test plays the kubelet for the role and user Jobs against a real PostgreSQL and Kafka)",
+        );
+        Some(full_example_to_ready(&client, &ns, &scratch).await)
+    } else {
+        step("the example without its data-tier Jobs reaches Ready");
+        apply_policy(&client, &example_policy(&ns))
+            .await
+            .expect("the example is accepted");
+        let (reason, message) = wait_condition(&client, &ns, "traffic", "Ready", "True").await;
+        assert_eq!(reason, "Reconciled", "{message}");
+        None
+    };
+    let policies: Api<SecurityPolicy> = Api::namespaced(client.clone(), &ns);
+    let policy = policies.get("traffic").await.unwrap();
 
     step("what it produced");
     let expected: BTreeSet<String> = desired_network_policies(&policy)
@@ -165,8 +179,7 @@ async fn e2e() {
     }
     let bundle: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let bundle = bundle.get("traffic-trust-bundle").await.unwrap();
-    let dir = std::env::temp_dir().join(format!("bulwark-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = &scratch;
     std::fs::write(dir.join("bundle.pem"), &bundle.data.unwrap()["ca.crt"]).unwrap();
     let api_tls = secret_data(&client, &ns, "api-tls").await;
     std::fs::write(dir.join("api.pem"), &api_tls["tls.crt"]).unwrap();
@@ -242,9 +255,12 @@ async fn e2e() {
     }
 
     step("deletion removes what the policy produced");
+    let mut policy = policies.get("traffic").await.unwrap();
     policy.spec.deletion_policy = DeletionPolicy::Delete;
-    apply_policy(&client, &policy).await.unwrap();
-    let policies: Api<SecurityPolicy> = Api::namespaced(client.clone(), &ns);
+    policies
+        .replace("traffic", &PostParams::default(), &policy)
+        .await
+        .unwrap();
     policies
         .delete("traffic", &DeleteParams::default())
         .await
@@ -283,7 +299,7 @@ async fn e2e() {
         },
     )
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 const AGNHOST: &str = "registry.k8s.io/e2e-test-images/agnhost:2.53";

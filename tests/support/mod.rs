@@ -405,3 +405,117 @@ pub async fn play_kubelet(client: &kube::Client, ns: &str, job: &Job, scratch: &
     .unwrap();
     succeeded
 }
+
+/// The real servers behind the example's data tier, kept alive while the value lives.
+pub struct DataTier {
+    pub postgres: bulwark_testenv::Postgres,
+    pub kafka: bulwark_testenv::kafka::Kafka,
+}
+
+/// Takes the full example (data tier included) to Ready in `ns`: a PostgreSQL and a Kafka broker
+/// serving the policy's own certificates, the admin Secrets, and the role and user Jobs run here
+/// as a kubelet would run them. An operator must be running.
+pub async fn full_example_to_ready(client: &Client, ns: &str, scratch: &Path) -> DataTier {
+    use bulwark_testenv::kafka::{Kafka, KafkaOptions, KafkaTls, free_port};
+    use bulwark_testenv::{PgTls, Postgres};
+    use k8s_openapi::api::core::v1::Secret;
+
+    let kafka_port = free_port();
+    let mut policy = full_example_policy(ns);
+    add_dns_name(&mut policy, "postgres", "localhost");
+    add_dns_name(&mut policy, "kafka", "localhost");
+    policy.spec.kafka.as_mut().unwrap().bootstrap_servers = format!("localhost:{kafka_port}");
+    apply_policy(client, &policy)
+        .await
+        .expect("the example is accepted");
+    let pem = |data: &BTreeMap<String, Vec<u8>>, key: &str| {
+        String::from_utf8(data[key].clone()).expect("PEM is text")
+    };
+    let tls_of = |name: &'static str| async move {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        eventually(Duration::from_secs(30), name, || async {
+            let data = secrets.get_opt(name).await.ok()??.data?;
+            data.contains_key("tls.key").then(|| {
+                data.into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect::<BTreeMap<_, _>>()
+            })
+        })
+        .await
+    };
+    let pg_tls = tls_of("postgres-tls").await;
+    let postgres = Postgres::start(Some(PgTls {
+        cert_pem: pem(&pg_tls, "tls.crt"),
+        key_pem: pem(&pg_tls, "tls.key"),
+        ca_pem: pem(&pg_tls, "ca.crt"),
+    }))
+    .expect("PostgreSQL starts");
+    postgres
+        .psql("postgres", "CREATE DATABASE traffic")
+        .expect("create database");
+    let kafka_tls = tls_of("kafka-tls").await;
+    let kafka = Kafka::start(KafkaOptions {
+        port: kafka_port,
+        ..KafkaOptions::new(KafkaTls {
+            cert_chain_pem: pem(&kafka_tls, "tls.crt"),
+            key_pem: pem(&kafka_tls, "tls.key"),
+            ca_pem: pem(&kafka_tls, "ca.crt"),
+        })
+    })
+    .expect("Kafka starts");
+    let pg = policy.spec.postgres.as_mut().unwrap();
+    pg.host = "localhost".into();
+    pg.port = i32::from(postgres.port());
+    apply_policy(client, &policy).await.unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for (name, user, password) in [
+        (
+            "postgres-superuser",
+            postgres.superuser(),
+            postgres.superuser_password(),
+        ),
+        ("kafka-admin", kafka.admin_user(), kafka.admin_password()),
+    ] {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            string_data: Some(BTreeMap::from([
+                ("username".to_string(), user.to_string()),
+                ("password".to_string(), password.to_string()),
+            ])),
+            ..Secret::default()
+        };
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let policies: Api<SecurityPolicy> = Api::namespaced(client.clone(), ns);
+    for facet in ["postgres", "kafka"] {
+        // The Job the policy's status names is the one for the current plan.
+        let job = eventually(
+            Duration::from_secs(60),
+            &format!("the {facet} Job"),
+            || async {
+                let status = policies.get("traffic").await.ok()?.status?;
+                let current = status
+                    .managed_objects
+                    .iter()
+                    .find(|o| o.kind == "Job" && o.facet == facet)?;
+                jobs.get_opt(&current.name).await.ok()?
+            },
+        )
+        .await;
+        assert!(
+            play_kubelet(client, ns, &job, &scratch.join(facet)).await,
+            "the {facet} Job succeeds"
+        );
+    }
+    let (reason, message) = wait_condition(client, ns, "traffic", "Ready", "True").await;
+    assert_eq!(reason, "Reconciled", "{message}");
+    DataTier { postgres, kafka }
+}
