@@ -30,7 +30,8 @@ use tracing::Instrument;
 use crate::api::{DeletionPolicy, ManagedObject, SecurityPolicy, SecurityPolicyStatus};
 use crate::facets::network::desired_network_policies;
 use crate::kube_io::{
-    Applier, ApplyError, FIELD_MANAGER, Facet, LABEL_POLICY, is_produced_by, managed_selector,
+    Applier, ApplyError, Contested, FIELD_MANAGER, Facet, LABEL_POLICY, RepairBudget,
+    is_produced_by, managed_selector,
 };
 use crate::telemetry::Metrics;
 use status::{ConditionStatus, FacetReport};
@@ -106,6 +107,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub job_image: String,
+    /// How often each produced object was restored lately; bounds fights with other writers.
+    pub repairs: RepairBudget,
     failures: Mutex<HashMap<String, u32>>,
     managed: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
     certificates: Mutex<BTreeMap<(String, String), Vec<String>>>,
@@ -122,6 +125,7 @@ impl Context {
             client,
             metrics,
             job_image,
+            repairs: RepairBudget::default(),
             failures: Mutex::new(HashMap::new()),
             managed: Mutex::new(BTreeMap::new()),
             certificates: Mutex::new(BTreeMap::new()),
@@ -291,10 +295,8 @@ fn error_policy(policy: Arc<SecurityPolicy>, error: &Error, ctx: Arc<Context>) -
 
 async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().unwrap_or_default();
-    let applier = Applier {
-        policy,
-        metrics: &ctx.metrics,
-    };
+    ctx.repairs.prune(std::time::Instant::now());
+    let applier = Applier::new(policy, &ctx.metrics, &ctx.repairs);
     let mut reports = Vec::new();
     let mut managed_objects = Vec::new();
 
@@ -364,6 +366,12 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         };
         reports.push(outcome.report);
     }
+    let contested = applier.contested();
+    let contested_retry = report_contested(&mut reports, &contested, policy);
+    job_requeue = match (job_requeue, contested_retry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     reports.sort_by_key(|r| r.facet);
     managed_objects.sort();
 
@@ -402,6 +410,53 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         requeue = Some(requeue.map_or(pg, |r| r.min(pg)));
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Marks each facet with an object whose repair was deferred as `Contested`, naming the object
+/// and the writer it is fighting with; returns when to look again.
+fn report_contested(
+    reports: &mut Vec<FacetReport>,
+    contested: &[Contested],
+    policy: &SecurityPolicy,
+) -> Option<Duration> {
+    for c in contested {
+        let by = c
+            .manager
+            .as_deref()
+            .map(|m| format!(" by field manager {m:?}"))
+            .unwrap_or_default();
+        tracing::warn!(
+            policy = %policy.name_any(),
+            kind = %c.kind,
+            name = %c.name,
+            manager = ?c.manager,
+            retry_in = ?c.retry_after,
+            "a produced object keeps being changed by another writer; its repair waits"
+        );
+        let message = format!(
+            "{} {} keeps being changed{by}; Bulwark restores it at most {} times a minute, then ever less often (next in {}s). Stop the other writer or remove the object from its scope",
+            c.kind,
+            c.name,
+            crate::kube_io::FREE_REPAIRS,
+            c.retry_after.as_secs().max(1)
+        );
+        let Some(facet) = c.facet else { continue };
+        match reports.iter_mut().find(|r| r.facet == facet) {
+            Some(r) if r.reason == "Contested" => r.message.push_str(&format!("; {message}")),
+            Some(r) => {
+                r.status = ConditionStatus::False;
+                r.reason = "Contested".into();
+                r.message = message;
+            }
+            None => reports.push(FacetReport {
+                facet,
+                status: ConditionStatus::False,
+                reason: "Contested".into(),
+                message,
+            }),
+        }
+    }
+    contested.iter().map(|c| c.retry_after).min()
 }
 
 async fn reconcile_network(

@@ -1,5 +1,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Api, Resource, ResourceExt};
@@ -8,8 +12,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::meta::{
-    ANNOTATION_DESIRED_HASH, FIELD_MANAGER, Facet, is_produced_by, produced_selector,
+    ANNOTATION_DESIRED_HASH, FIELD_MANAGER, Facet, LABEL_FACET, is_produced_by, produced_selector,
 };
+use super::repair::RepairBudget;
 use crate::api::SecurityPolicy;
 use crate::telemetry::Metrics;
 
@@ -19,6 +24,20 @@ pub enum ApplyOutcome {
     Created,
     Updated,
     Unchanged,
+    /// The object differs but was repaired too often lately: the write waits (see
+    /// [`RepairBudget`]) and the object is listed in [`Applier::contested`].
+    Deferred,
+}
+
+/// An object someone else keeps changing, whose repair waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contested {
+    pub facet: Option<Facet>,
+    pub kind: String,
+    pub name: String,
+    /// The other field manager that changed it last, when the object says.
+    pub manager: Option<String>,
+    pub retry_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +61,30 @@ pub enum ApplyError {
 pub struct Applier<'a> {
     pub policy: &'a SecurityPolicy,
     pub metrics: &'a Metrics,
+    pub repairs: &'a RepairBudget,
+    /// Objects whose repair was deferred during this reconcile.
+    pub contested: Mutex<Vec<Contested>>,
 }
 
-impl Applier<'_> {
+impl<'a> Applier<'a> {
+    pub fn new(
+        policy: &'a SecurityPolicy,
+        metrics: &'a Metrics,
+        repairs: &'a RepairBudget,
+    ) -> Self {
+        Self {
+            policy,
+            metrics,
+            repairs,
+            contested: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The objects whose repair was deferred so far.
+    pub fn contested(&self) -> Vec<Contested> {
+        self.contested.lock().expect("contested lock").clone()
+    }
+
     /// Applies `desired` unless the live object already matches it; refuses objects that are not ours.
     pub async fn apply<K>(&self, api: &Api<K>, mut desired: K) -> Result<ApplyOutcome, ApplyError>
     where
@@ -76,6 +116,27 @@ impl Applier<'_> {
                     serde_json::to_value(&desired).expect("Kubernetes objects serialize");
                 if same_hash && is_subset(&desired_json, &live_json) {
                     return Ok(ApplyOutcome::Unchanged);
+                }
+                let key = format!(
+                    "{}/{kind}/{name}",
+                    live.meta().namespace.as_deref().unwrap_or_default()
+                );
+                if let Err(retry_after) = self.repairs.allow(&key, Instant::now()) {
+                    let facet = desired
+                        .labels()
+                        .get(LABEL_FACET)
+                        .and_then(|l| Facet::ALL.into_iter().find(|f| f.label() == l));
+                    self.contested
+                        .lock()
+                        .expect("contested lock")
+                        .push(Contested {
+                            facet,
+                            kind,
+                            name,
+                            manager: last_other_manager(live.meta()),
+                            retry_after,
+                        });
+                    return Ok(ApplyOutcome::Deferred);
                 }
                 ApplyOutcome::Updated
             }
@@ -164,6 +225,16 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
         }
         _ => desired == live,
     }
+}
+
+/// The field manager other than Bulwark that wrote `meta` last, by managedFields time.
+fn last_other_manager(meta: &ObjectMeta) -> Option<String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|f| f.manager.as_deref().is_some_and(|m| m != FIELD_MANAGER))
+        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
+        .and_then(|f| f.manager.clone())
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 mod apply;
 mod meta;
+mod repair;
 
-pub use apply::{Applier, ApplyError, ApplyOutcome, desired_hash, is_subset};
+pub use apply::{Applier, ApplyError, ApplyOutcome, Contested, desired_hash, is_subset};
 pub use meta::*;
+pub use repair::{FREE_REPAIRS, RepairBudget};

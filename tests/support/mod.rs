@@ -359,6 +359,10 @@ pub async fn play_kubelet(client: &kube::Client, ns: &str, job: &Job, scratch: &
         .output()
         .unwrap();
     let termination_message = std::fs::read_to_string(&termination_log).unwrap();
+    // What the pod's log would hold, kept for tests that scan logs.
+    let mut log = out.stdout.clone();
+    log.extend_from_slice(&out.stderr);
+    std::fs::write(scratch.join("pod.log"), log).unwrap();
     let succeeded = out.status.success();
     if !succeeded {
         eprintln!(
