@@ -12,7 +12,7 @@ export K8S_VERSION KUBEBUILDER_ASSETS BULWARK_K8S_VERSION
 CLUSTER_DIR := .cluster
 CRD_FILE := crds/securitypolicies.bulwark.dev.yaml
 
-.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down kafka e2e e2e-kind
+.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down kafka e2e e2e-kind chaos
 
 help:
 	@echo "make demo          local control plane, operator, example policy, produced objects"
@@ -24,6 +24,7 @@ help:
 	@echo "make crds          regenerate $(CRD_FILE), the chart's copy, deploy/ and docs/api.md"
 	@echo "make e2e           the e2e suite against the local control plane (part of make test)"
 	@echo "make e2e-kind      the same suite on a kind cluster with the image and chart, plus live probes"
+	@echo "make chaos         fault and bad-input scenarios at full size (docs/RELIABILITY.md)"
 
 controlplane:
 	@hack/controlplane.sh >/dev/null
@@ -67,6 +68,13 @@ test: lint controlplane kafka test-deps
 # The e2e suite alone: local control plane, chart, operator with the chart's ServiceAccount.
 e2e: controlplane
 	cargo test --test e2e -- --nocapture
+
+# Faults and bad input at full size (docs/RELIABILITY.md): restart storm, kill -9 during the first
+# reconcile, API server outage, leader failover, a fighting writer, secret hygiene, the invalid
+# corpus and longer fuzzing. The quick versions run in `make test`.
+chaos: controlplane kafka
+	BULWARK_CHAOS=full PROPTEST_CASES=$${PROPTEST_CASES:-4096} cargo test --test chaos --test contested \
+	  --test hygiene --test invalid_policies --test fuzz -- --nocapture --test-threads=1
 
 # The same suite on kind with the image and chart, plus live probes (needs a Docker engine).
 e2e-kind:

@@ -58,6 +58,7 @@ pub struct Metrics {
     writes: Family<KindLabel, Counter>,
     managed: Family<KindLabel, Gauge>,
     not_after: Family<CertificateLabels, Gauge>,
+    watch_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -95,7 +96,14 @@ impl Default for Metrics {
             "Expiry of each CA and certificate, Unix seconds",
             not_after.clone(),
         );
+        let watch_errors = Counter::default();
+        registry.register(
+            "watch_errors",
+            "Failed watches of the API server (each is retried with backoff); a rising count means the API server is unreachable or refusing",
+            watch_errors.clone(),
+        );
         Self {
+            watch_errors,
             not_after,
             registry,
             reconciles,
@@ -114,6 +122,10 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn record_watch_error(&self) {
+        self.watch_errors.inc();
     }
 
     pub fn record_write(&self, kind: &str) {

@@ -243,10 +243,19 @@ pub async fn run(
             .run(reconcile, error_policy, ctx.clone())
             .boxed()
     });
+    let metrics = ctx.metrics.clone();
     stream::select_all(controllers)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
+        .for_each(|res| {
+            let metrics = metrics.clone();
+            async move {
+                match res {
+                    Err(controller::Error::QueueError(e)) => {
+                        metrics.record_watch_error();
+                        tracing::warn!(error = %e, "watching the API server failed; retrying with backoff");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "controller event"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;
