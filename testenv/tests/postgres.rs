@@ -36,7 +36,10 @@ fn conninfo(pg: &Postgres, extra: &str) -> String {
 
 fn tls_server() -> (Postgres, PathBuf) {
     let pki = test_pki(&["localhost"], &["127.0.0.1"]);
-    let ca_file = write_temp(&format!("ca-{}.crt", pki.cert_pem.len()), &pki.ca_pem);
+    // Tests run in parallel, each with its own CA: the file name must be as unique as the CA.
+    static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ca_file = write_temp(&format!("ca-{n}.crt"), &pki.ca_pem);
     let pg = Postgres::start(Some(PgTls {
         cert_pem: pki.cert_pem,
         key_pem: pki.key_pem,
