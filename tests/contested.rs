@@ -42,6 +42,7 @@ async fn a_fighting_writer_meets_a_bounded_repairer() {
     let kid = secret_data(&client, &ns, "api-jwt").await["kid"].clone();
     let before = bulwark_writes(&ns, "api-jwt").len();
     let reconciles_before = operator.reconciles("success");
+    let secret_writes_before = operator.metrics.writes("Secret");
 
     // The other writer sets `kid` every 200 ms, under its own field manager.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -63,6 +64,7 @@ async fn a_fighting_writer_meets_a_bounded_repairer() {
     let ours = bulwark_writes(&ns, "api-jwt");
     let repairs = &ours[before..];
     let reconciles = operator.reconciles("success") - reconciles_before;
+    let secret_writes = operator.metrics.writes("Secret") - secret_writes_before;
 
     // Bounded: three repairs at once, then after 15 s, 45 s, 105 s ... never more than five in
     // any minute, whatever the other writer's rate.
@@ -76,7 +78,7 @@ async fn a_fighting_writer_meets_a_bounded_repairer() {
         per_minute[minute as usize] += 1;
     }
     eprintln!(
-        "CHAOS contested fight_s={} fighter_writes={fighter_writes} bulwark_repairs={} repairs_per_minute={per_minute:?} reconciles={reconciles}",
+        "CHAOS contested fight_s={} fighter_writes={fighter_writes} bulwark_repairs={} repairs_per_minute={per_minute:?} reconciles={reconciles} operator_secret_writes={secret_writes}",
         fight.as_secs(),
         repairs.len()
     );

@@ -442,12 +442,13 @@ fn report_contested(
             retry_in = ?c.retry_after,
             "a produced object keeps being changed by another writer; its repair waits"
         );
+        // No countdown in the message: a status that changes every reconcile would wake the
+        // policy again and again.
         let message = format!(
-            "{} {} keeps being changed{by}; Bulwark restores it at most {} times a minute, then ever less often (next in {}s). Stop the other writer or remove the object from its scope",
+            "{} {} keeps being changed{by}; Bulwark restores it {} times, then ever less often (15 s, 30 s ... 5 min). Stop the other writer or remove the object from its scope",
             c.kind,
             c.name,
             crate::kube_io::FREE_REPAIRS,
-            c.retry_after.as_secs().max(1)
         );
         let Some(facet) = c.facet else { continue };
         match reports.iter_mut().find(|r| r.facet == facet) {

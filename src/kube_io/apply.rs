@@ -117,11 +117,23 @@ impl<'a> Applier<'a> {
                 if same_hash && is_subset(&desired_json, &live_json) {
                     return Ok(ApplyOutcome::Unchanged);
                 }
+                // A repair undoes someone else's change: the live object still carries the hash
+                // of what we want, or another manager wrote it last. Our own updates (renewal,
+                // rotation, a spec change) are not repairs and are never held back.
+                let someone_else = same_hash
+                    || last_other_manager(live.meta()).is_some_and(|_| {
+                        newest_manager(live.meta()).is_some_and(|m| m != FIELD_MANAGER)
+                    });
                 let key = format!(
                     "{}/{kind}/{name}",
                     live.meta().namespace.as_deref().unwrap_or_default()
                 );
-                if let Err(retry_after) = self.repairs.allow(&key, Instant::now()) {
+                let verdict = if someone_else {
+                    self.repairs.allow(&key, Instant::now())
+                } else {
+                    Ok(())
+                };
+                if let Err(retry_after) = verdict {
                     let facet = desired
                         .labels()
                         .get(LABEL_FACET)
@@ -225,6 +237,15 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
         }
         _ => desired == live,
     }
+}
+
+/// The field manager that wrote `meta` last, by managedFields time.
+fn newest_manager(meta: &ObjectMeta) -> Option<String> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .max_by_key(|f| f.time.as_ref().map(|t| t.0))
+        .and_then(|f| f.manager.clone())
 }
 
 /// The field manager other than Bulwark that wrote `meta` last, by managedFields time.
