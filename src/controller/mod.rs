@@ -469,6 +469,18 @@ fn report_contested(
     contested.iter().map(|c| c.retry_after).min()
 }
 
+/// A 422 from the API server: the object itself is invalid, retrying cannot help.
+fn is_invalid(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422)
+}
+
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 async fn reconcile_network(
     policy: &SecurityPolicy,
     ctx: &Context,
@@ -480,6 +492,7 @@ async fn reconcile_network(
     let desired = desired_network_policies(policy);
     let keep: BTreeSet<String> = desired.iter().map(|np| np.name_any()).collect();
     let mut conflicts = Vec::new();
+    let mut rejected = Vec::new();
     for np in desired {
         let name = np.name_any();
         match applier.apply(&api, np).await {
@@ -489,8 +502,27 @@ async fn reconcile_network(
                 facet: Facet::Network.label().into(),
             }),
             Err(ApplyError::Conflict { kind, name }) => conflicts.push(format!("{kind} {name}")),
+            // The API server refused what the spec asks for (a tier selector or an ipBlock it
+            // judges invalid): a spec problem, reported, not retried until the spec changes.
+            Err(ApplyError::Api { source, .. }) if is_invalid(&source) => {
+                let tier = name
+                    .strip_prefix(&format!("{}-tier-", policy.name_any()))
+                    .unwrap_or("?");
+                rejected.push(format!(
+                    "spec.tiers.{tier}.podSelector or a spec.network rule of tier {tier}: the API server refused NetworkPolicy {name}: {}",
+                    api_message(&source)
+                ));
+            }
             Err(e) => return Err(e.into()),
         }
+    }
+    if !rejected.is_empty() {
+        return Ok(Some(FacetReport {
+            facet: Facet::Network,
+            status: ConditionStatus::False,
+            reason: "InvalidSpec".into(),
+            message: rejected.join("; "),
+        }));
     }
     let deleted = applier.delete_stale(&api, Facet::Network, &keep).await?;
     if !deleted.is_empty() {
