@@ -10,7 +10,7 @@ use super::status::{ConditionStatus, FacetReport};
 use super::{Context, Error, rotation_mark};
 use crate::api::{JwtKeyStatus, ManagedObject, SecurityPolicy};
 use crate::facets::jwt::{
-    ObservedJwt, ObservedJwtKey, desired_jwt, jwks_config_map_name, next_event,
+    JwtError, ObservedJwt, ObservedJwtKey, desired_jwt, jwks_config_map_name, next_event,
 };
 use crate::facets::tls::Sensitive;
 use crate::kube_io::{Applier, ApplyError, Facet, is_produced_by};
@@ -87,7 +87,7 @@ pub async fn reconcile_jwt(
     // RSA key generation is CPU-bound: keep it off the async workers.
     let desired = tokio::task::spawn_blocking(move || desired_jwt(&owned_policy, &observed, now))
         .await
-        .expect("JWT builder does not panic");
+        .unwrap_or(Err(JwtError::BuilderFailed));
     let desired = match desired {
         Ok(d) => d,
         Err(e) => {

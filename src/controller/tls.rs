@@ -137,8 +137,25 @@ pub async fn reconcile_tls(
         };
         desired_tls(&owned_policy, &observed, now)
     })
-    .await
-    .expect("TLS builder does not panic");
+    .await;
+    let Ok(desired) = desired else {
+        // A panic in the certificate library on a CA's content (a certificate it parses but
+        // cannot issue from) must not take the operator down: it is a condition like any other.
+        return Ok(Some(TlsOutcome {
+            report: report(
+                ConditionStatus::False,
+                "IssuanceFailed",
+                "issuing under the CA failed unexpectedly: its certificate cannot be used to issue; replace the CA Secret (or annotate bulwark.dev/rotate-ca for a generated CA)".into(),
+            ),
+            certificates: Vec::new(),
+            next_renewal: None,
+            recheck: false,
+            handled_rotation: handled,
+            handled_ca_rotation: handled_ca,
+            phase: None,
+            bundle: None,
+        }));
+    };
 
     let desired = match desired {
         Ok(Some(d)) => d,

@@ -54,6 +54,11 @@ pub fn jwks_config_map_name(name: &str) -> String {
 /// Why the JWT facet cannot produce its objects. Messages name the field, never the material.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtError {
+    /// The key library failed unexpectedly on a key's content; reported, never a crash.
+    #[error(
+        "building the signing keys failed unexpectedly; replace the key Secret or annotate bulwark.dev/rotate"
+    )]
+    BuilderFailed,
     #[error("{field}: {source}")]
     InvalidDuration {
         field: String,
@@ -78,7 +83,9 @@ impl JwtError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidDuration { .. } | Self::ZeroDuration { .. } => "InvalidSpec",
-            Self::KeyGeneration { .. } | Self::PublicKey { .. } => "KeyGenerationFailed",
+            Self::KeyGeneration { .. } | Self::PublicKey { .. } | Self::BuilderFailed => {
+                "KeyGenerationFailed"
+            }
         }
     }
 }
