@@ -239,6 +239,7 @@ pub async fn run(
             )
             .owns(scoped::<Job>(&client, ns.as_deref()), children.clone())
             .with_config(controller::Config::default().concurrency(settings.concurrency))
+            .trigger_backoff(WatchBackoff::default())
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .boxed()
@@ -419,6 +420,30 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         requeue = Some(requeue.map_or(pg, |r| r.min(pg)));
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Retry delays of failed watches: 0.5 s doubling to 4 s. Short enough to be back within
+/// seconds of an API server's return, long enough not to hammer one that is down (about eight
+/// attempts in 30 s). Reset once a watch succeeds.
+#[derive(Default)]
+struct WatchBackoff {
+    failures: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = Duration::from_millis(500) * 2u32.pow(self.failures.min(3));
+        self.failures = self.failures.saturating_add(1);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 /// Marks each facet with an object whose repair was deferred as `Contested`, naming the object

@@ -527,6 +527,9 @@ pub struct ControlPlane {
     ca_pem: String,
     kubeconfig_path: PathBuf,
     audit_log_path: PathBuf,
+    /// Ports, paths and flags, kept so the apiserver can be restarted exactly as it first ran.
+    prepared: Prepared,
+    opts: ControlPlaneOptions,
     procs: Mutex<Vec<Proc>>,
 }
 
@@ -554,9 +557,58 @@ impl ControlPlane {
             ca_pem: prepared.ca_pem.clone(),
             kubeconfig_path: prepared.layout.kubeconfig(),
             audit_log_path: prepared.layout.audit_log(),
-            layout: prepared.layout,
+            layout: prepared.layout.clone(),
+            prepared,
+            opts,
             procs: Mutex::new(procs),
         })
+    }
+
+    /// Stops only the kube-apiserver, abruptly (SIGKILL: a graceful shutdown keeps serving for
+    /// up to a minute), as a crash or a partition would; etcd and kube-controller-manager keep
+    /// running. A no-op when it is already stopped.
+    pub fn stop_apiserver(&self) {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(at) = procs
+            .iter()
+            .position(|p| p.component == Component::ApiServer)
+        else {
+            return;
+        };
+        let proc = procs.remove(at);
+        let pid = proc.child.id();
+        process::untrack_process(pid);
+        process::stop_children(&[(pid as i32, StopPolicy::KILL)]);
+    }
+
+    /// Starts the kube-apiserver again with the same flags, port and certificates, and waits for
+    /// `/readyz`. It dies with this process like the first one. Fails when it is already running.
+    pub fn start_apiserver(&self) -> anyhow::Result<()> {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        if procs.iter().any(|p| p.component == Component::ApiServer) {
+            bail!("kube-apiserver is already running");
+        }
+        let mut started = Vec::new();
+        spawn(
+            &self.prepared,
+            Component::ApiServer,
+            &self.opts.extra_apiserver_args,
+            Lifetime::Tied,
+            &mut started,
+        )?;
+        let deadline = Instant::now() + self.opts.start_timeout;
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig_path)?;
+        if let Err(e) = process::block_on(wait_for_apiserver(&kubeconfig, &mut started, deadline)) {
+            kill_procs(&mut started);
+            return Err(e);
+        }
+        // Keep start order (etcd, apiserver, kcm) for `pids` and for reverse-order shutdown.
+        let at = procs
+            .iter()
+            .position(|p| p.component == Component::Etcd)
+            .map_or(0, |i| i + 1);
+        procs.splice(at..at, started);
+        Ok(())
     }
 
     /// One cluster per test binary, started on first use and torn down at exit.
@@ -618,7 +670,8 @@ impl ControlPlane {
         &self.layout.dir
     }
 
-    /// Pids of etcd, kube-apiserver and kube-controller-manager, in start order.
+    /// Pids of the running components among etcd, kube-apiserver and kube-controller-manager, in
+    /// that order.
     pub fn pids(&self) -> Vec<u32> {
         let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         procs.iter().map(|p| p.child.id()).collect()
