@@ -41,6 +41,22 @@ pub fn outcome(
     }
 }
 
+/// Objects of wanted names that exist without our labels: left untouched, the facet stops, and
+/// the policy is looked at again, since no watch of ours sees such objects change.
+pub fn conflict(facet: Facet, conflicts: &[String]) -> JobOutcome {
+    outcome(
+        facet,
+        ConditionStatus::False,
+        "Conflict",
+        format!(
+            "spec.{}: {} already exist(s) without Bulwark's labels and was left untouched; rename or remove it",
+            facet.label(),
+            conflicts.join(", ")
+        ),
+        Some(Duration::from_secs(15)),
+    )
+}
+
 /// Where a Job stands.
 pub enum JobProgress {
     /// Completed; `requeue` is the next resync, if any.

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::credentials::read_existing;
-use super::job::{Followed, JobOutcome, JobProgress, follow_job};
+use super::job::{Followed, JobOutcome, JobProgress, conflict, follow_job};
 use super::status::ConditionStatus;
 use super::tls::{ROTATE_ANNOTATION, ROTATION_MARK};
 use super::{Context, Error, rotation_mark};
@@ -31,18 +31,6 @@ fn outcome(
 /// A spec or generation problem: reported, not retried until something changes.
 fn invalid(e: KafkaError) -> JobOutcome {
     outcome(ConditionStatus::False, e.reason(), e.to_string(), None)
-}
-
-fn conflict(conflicts: &[String]) -> JobOutcome {
-    outcome(
-        ConditionStatus::False,
-        "Conflict",
-        format!(
-            "spec.kafka: {} already exist(s) without Bulwark's labels and was left untouched; rename or remove it",
-            conflicts.join(", ")
-        ),
-        Some(Duration::from_secs(15)),
-    )
 }
 
 pub async fn reconcile_kafka(
@@ -74,7 +62,7 @@ pub async fn reconcile_kafka(
     let mut conflicts = existing.conflicts;
     if !conflicts.is_empty() {
         // Without our own passwords and credentials, a plan could only reset them: stop here.
-        return Ok(Some(conflict(&conflicts)));
+        return Ok(Some(conflict(Facet::Kafka, &conflicts)));
     }
     let marks = existing.marks;
     let observed = ObservedKafka {
@@ -116,7 +104,7 @@ pub async fn reconcile_kafka(
         keep.insert(name);
     }
     if !conflicts.is_empty() {
-        return Ok(Some(conflict(&conflicts)));
+        return Ok(Some(conflict(Facet::Kafka, &conflicts)));
     }
     // A user that left the spec: its broker credential goes with the next Job; its Secret
     // follows deletionPolicy, like every Secret of a deleted policy.

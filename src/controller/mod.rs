@@ -340,10 +340,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     {
         recheck |= outcome.recheck;
         jwt_keys = outcome.keys;
-        next_renewal = match (next_renewal, outcome.next_event) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        next_renewal = earliest(next_renewal, outcome.next_event);
         reports.push(outcome.report);
     }
     let mut job_requeue = None;
@@ -370,18 +367,12 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     )
     .await?
     {
-        job_requeue = match (job_requeue, outcome.requeue) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        job_requeue = earliest(job_requeue, outcome.requeue);
         reports.push(outcome.report);
     }
     let contested = applier.contested();
     let contested_retry = report_contested(&mut reports, &contested, policy);
-    job_requeue = match (job_requeue, contested_retry) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    job_requeue = earliest(job_requeue, contested_retry);
     reports.sort_by_key(|r| r.facet);
     managed_objects.sort();
 
@@ -408,18 +399,24 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     };
     write_status(policy, ctx, &reports, next).await?;
     // A foreign object or a missing input carries none of our labels: no watch says when it changes.
-    let mut requeue = recheck.then_some(Duration::from_secs(15));
-    if let Some(at) = next_renewal {
-        let until = at.duration_since(jiff::Timestamp::now());
-        let until = Duration::try_from(until)
+    let until_renewal = next_renewal.map(|at| {
+        Duration::try_from(at.duration_since(jiff::Timestamp::now()))
             .unwrap_or(Duration::ZERO)
-            .max(Duration::from_secs(1));
-        requeue = Some(requeue.map_or(until, |r| r.min(until)));
-    }
-    if let Some(pg) = job_requeue {
-        requeue = Some(requeue.map_or(pg, |r| r.min(pg)));
-    }
+            .max(Duration::from_secs(1))
+    });
+    let requeue = earliest(
+        earliest(recheck.then_some(Duration::from_secs(15)), until_renewal),
+        job_requeue,
+    );
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The earlier of two optional times (or delays); None only when both are.
+fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Retry delays of failed watches: 0.5 s doubling to 4 s. Short enough to be back within

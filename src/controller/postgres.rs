@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::credentials::read_existing;
-use super::job::{Followed, JobOutcome, JobProgress, follow_job};
+use super::job::{Followed, JobOutcome, JobProgress, conflict, follow_job};
 use super::status::ConditionStatus;
 use super::tls::{ROTATE_ANNOTATION, ROTATION_MARK};
 use super::{Context, Error, rotation_mark};
@@ -63,16 +63,7 @@ pub async fn reconcile_postgres(
     let conflicts = existing.conflicts;
     if !conflicts.is_empty() {
         // Without our own verifiers and passwords, a plan could only reset credentials: stop here.
-        let message = format!(
-            "spec.postgres: {} already exist(s) without Bulwark's labels and was left untouched; rename or remove it",
-            conflicts.join(", ")
-        );
-        return Ok(Some(outcome(
-            ConditionStatus::False,
-            "Conflict",
-            message,
-            Some(Duration::from_secs(15)),
-        )));
+        return Ok(Some(conflict(Facet::Postgres, &conflicts)));
     }
     let marks = existing.marks;
     let observed = ObservedPostgres {

@@ -32,8 +32,8 @@ impl ConditionStatus {
 
 pub const READY: &str = "Ready";
 
-/// The conditions for `reports`: one per facet plus `Ready`, which is True only when no
-/// facet is False and at least one is True or none is present.
+/// The conditions for `reports`: one per facet plus `Ready`, which is True when no facet is
+/// False.
 ///
 /// `lastTransitionTime` is carried over from `previous` unless status changed, so a reconcile
 /// that finds nothing new computes exactly the conditions already stored.
@@ -47,10 +47,6 @@ pub fn conditions(
         .iter()
         .filter(|r| r.status == ConditionStatus::False)
         .collect();
-    let pending: Vec<&FacetReport> = reports
-        .iter()
-        .filter(|r| r.status == ConditionStatus::Unknown)
-        .collect();
     let ready = if let Some(first) = failing.first() {
         (
             ConditionStatus::False,
@@ -62,15 +58,11 @@ pub fn conditions(
                 .join("; "),
         )
     } else {
-        let mut message = "every facet is in its declared state".to_string();
-        if !pending.is_empty() {
-            let names: Vec<&str> = pending.iter().map(|r| r.facet.label()).collect();
-            message.push_str(&format!(
-                "; not produced by this version: {}",
-                names.join(", ")
-            ));
-        }
-        (ConditionStatus::True, "Reconciled".to_string(), message)
+        (
+            ConditionStatus::True,
+            "Reconciled".to_string(),
+            "every facet is in its declared state".to_string(),
+        )
     };
 
     let mut out = vec![condition(
