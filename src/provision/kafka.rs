@@ -108,19 +108,12 @@ impl ProvisionInput {
     /// As [`Self::from_env`], with variables from `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ProvisionError> {
         let env_in = super::JobEnv(lookup);
-        let plan: UserPlan = serde_json::from_str(
-            &env_in
-                .inline_or_file(env::PLAN, env::PLAN_FILE)
-                .map_err(ProvisionError::Input)?,
-        )
-        .map_err(|e| ProvisionError::Input(format!("plan: {e}")))?;
-        let raw: BTreeMap<String, String> = serde_json::from_str(
-            &env_in
-                .inline_or_file(env::CREDENTIALS, env::CREDENTIALS_FILE)
-                .map_err(ProvisionError::Input)?,
-        )
-        // serde_json's message names a position, not the content.
-        .map_err(|e| ProvisionError::Input(format!("credentials: {e}")))?;
+        let plan: UserPlan = env_in
+            .json(env::PLAN, env::PLAN_FILE, "plan")
+            .map_err(ProvisionError::Input)?;
+        let raw: BTreeMap<String, String> = env_in
+            .json(env::CREDENTIALS, env::CREDENTIALS_FILE, "credentials")
+            .map_err(ProvisionError::Input)?;
         let mut credentials = BTreeMap::new();
         for (user, text) in raw {
             // A stale entry for a user the plan no longer has must not stop the run.

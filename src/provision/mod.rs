@@ -24,6 +24,18 @@ impl<F: Fn(&str) -> Option<String>> JobEnv<F> {
         std::fs::read_to_string(&path).map_err(|e| format!("{file}={path}: {e}"))
     }
 
+    /// A JSON input, inline or in a file; an error names `what` and serde_json's position, never
+    /// the content.
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        inline: &str,
+        file: &str,
+        what: &str,
+    ) -> Result<T, String> {
+        let text = self.inline_or_file(inline, file)?;
+        serde_json::from_str(&text).map_err(|e| format!("{what}: {e}"))
+    }
+
     pub fn required(&self, key: &str) -> Result<String, String> {
         self.get(key).ok_or_else(|| format!("{key} is not set"))
     }

@@ -90,19 +90,12 @@ impl ProvisionInput {
     /// As [`Self::from_env`], with variables from `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ProvisionError> {
         let env_in = super::JobEnv(lookup);
-        let plan: RolePlan = serde_json::from_str(
-            &env_in
-                .inline_or_file(env::PLAN, env::PLAN_FILE)
-                .map_err(ProvisionError::Input)?,
-        )
-        .map_err(|e| ProvisionError::Input(format!("plan: {e}")))?;
-        let verifiers: BTreeMap<String, String> = serde_json::from_str(
-            &env_in
-                .inline_or_file(env::VERIFIERS, env::VERIFIERS_FILE)
-                .map_err(ProvisionError::Input)?,
-        )
-        // serde_json's message names a position, not the content.
-        .map_err(|e| ProvisionError::Input(format!("verifiers: {e}")))?;
+        let plan: RolePlan = env_in
+            .json(env::PLAN, env::PLAN_FILE, "plan")
+            .map_err(ProvisionError::Input)?;
+        let verifiers: BTreeMap<String, String> = env_in
+            .json(env::VERIFIERS, env::VERIFIERS_FILE, "verifiers")
+            .map_err(ProvisionError::Input)?;
         let admin_user = env_in
             .required(env::ADMIN_USER)
             .map_err(ProvisionError::Input)?;
