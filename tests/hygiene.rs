@@ -119,15 +119,7 @@ async fn no_secret_value_reaches_logs_events_or_status() {
         .unwrap();
     for facet in ["postgres", "kafka"] {
         let job = eventually(Duration::from_secs(60), "the rotation Job", || async {
-            let status = policies.get("traffic").await.ok()?.status?;
-            let current = status
-                .managed_objects
-                .iter()
-                .find(|o| o.kind == "Job" && o.facet == facet)?
-                .name
-                .clone();
-            let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
-            let job = jobs.get_opt(&current).await.ok()??;
+            let job = current_job(&client, &ns, facet).await?;
             // A Job of the rotated plan has no finished pod yet.
             (job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) == 0).then_some(job)
         })
@@ -154,15 +146,7 @@ async fn no_secret_value_reaches_logs_events_or_status() {
         .await
         .unwrap();
     let failing = eventually(Duration::from_secs(60), "the failing Job", || async {
-        let status = policies.get("traffic").await.ok()?.status?;
-        let current = status
-            .managed_objects
-            .iter()
-            .find(|o| o.kind == "Job" && o.facet == "kafka")?
-            .name
-            .clone();
-        let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
-        let job = jobs.get_opt(&current).await.ok()??;
+        let job = current_job(&client, &ns, "kafka").await?;
         (job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) == 0).then_some(job)
     })
     .await;

@@ -497,22 +497,10 @@ pub async fn full_example_to_ready(client: &Client, ns: &str, scratch: &Path) ->
             .await
             .unwrap();
     }
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let policies: Api<SecurityPolicy> = Api::namespaced(client.clone(), ns);
     for facet in ["postgres", "kafka"] {
-        // The Job the policy's status names is the one for the current plan.
-        let job = eventually(
-            Duration::from_secs(60),
-            &format!("the {facet} Job"),
-            || async {
-                let status = policies.get("traffic").await.ok()?.status?;
-                let current = status
-                    .managed_objects
-                    .iter()
-                    .find(|o| o.kind == "Job" && o.facet == facet)?;
-                jobs.get_opt(&current.name).await.ok()?
-            },
-        )
+        let job = eventually(Duration::from_secs(60), &format!("the {facet} Job"), || {
+            current_job(client, ns, facet)
+        })
         .await;
         assert!(
             play_kubelet(client, ns, &job, &scratch.join(facet)).await,
@@ -522,4 +510,16 @@ pub async fn full_example_to_ready(client: &Client, ns: &str, scratch: &Path) ->
     let (reason, message) = wait_condition(client, ns, "traffic", "Ready", "True").await;
     assert_eq!(reason, "Reconciled", "{message}");
     DataTier { postgres, kafka }
+}
+
+/// The `facet` Job that the status of policy `traffic` names: the one of the current plan.
+pub async fn current_job(client: &Client, ns: &str, facet: &str) -> Option<Job> {
+    let policies: Api<SecurityPolicy> = Api::namespaced(client.clone(), ns);
+    let status = policies.get("traffic").await.ok()?.status?;
+    let current = status
+        .managed_objects
+        .iter()
+        .find(|o| o.kind == "Job" && o.facet == facet)?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    jobs.get_opt(&current.name).await.ok()?
 }
