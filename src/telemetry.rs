@@ -59,6 +59,7 @@ pub struct Metrics {
     managed: Family<KindLabel, Gauge>,
     not_after: Family<CertificateLabels, Gauge>,
     watch_errors: Counter,
+    watches_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,8 +103,15 @@ impl Default for Metrics {
             "Failed watches of the API server (each is retried with backoff); a rising count means the API server is unreachable or refusing",
             watch_errors.clone(),
         );
+        let watches_failing = Gauge::default();
+        registry.register(
+            "watches_failing",
+            "Watches whose last attempt failed; above zero the API server is unreachable or refusing, and /readyz answers 503",
+            watches_failing.clone(),
+        );
         Self {
             watch_errors,
+            watches_failing,
             not_after,
             registry,
             reconciles,
@@ -126,6 +134,20 @@ impl Metrics {
 
     pub fn record_watch_error(&self) {
         self.watch_errors.inc();
+    }
+
+    /// One watch started (`true`) or stopped (`false`) failing.
+    pub fn mark_watch_failing(&self, failing: bool) {
+        if failing {
+            self.watches_failing.inc();
+        } else {
+            self.watches_failing.dec();
+        }
+    }
+
+    /// Watches whose last attempt failed.
+    pub fn watches_failing(&self) -> i64 {
+        self.watches_failing.get()
     }
 
     pub fn record_write(&self, kind: &str) {
@@ -198,10 +220,15 @@ async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if h.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
+    if !h.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    } else if h.metrics.watches_failing() > 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watches of the API server failing",
+        )
+    } else {
+        (StatusCode::OK, "ok")
     }
 }
 

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod postgres;
 pub mod status;
 pub mod tls;
+pub mod watches;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
@@ -35,6 +37,7 @@ use crate::kube_io::{
 };
 use crate::telemetry::Metrics;
 use status::{ConditionStatus, FacetReport};
+use watches::{NoPause, paced};
 
 /// Finalizer that lets Bulwark apply `deletionPolicy` before the policy disappears.
 pub const FINALIZER: &str = "bulwark.dev/cleanup";
@@ -226,20 +229,25 @@ pub async fn run(
         .labels(&managed_selector())
         .page_size(50);
     let controllers = scopes.into_iter().map(|ns| {
-        let policies: Api<SecurityPolicy> = scoped(&client, ns.as_deref());
-        Controller::new(policies, watcher::Config::default().page_size(50))
-            .owns(
-                scoped::<NetworkPolicy>(&client, ns.as_deref()),
-                children.clone(),
+        let ns = ns.as_deref();
+        let metrics = &ctx.metrics;
+        let (store, writer) = reflector::store();
+        let policies = paced(
+            watcher(
+                scoped::<SecurityPolicy>(&client, ns),
+                watcher::Config::default().page_size(50),
             )
-            .owns(scoped::<Secret>(&client, ns.as_deref()), children.clone())
-            .owns(
-                scoped::<ConfigMap>(&client, ns.as_deref()),
-                children.clone(),
-            )
-            .owns(scoped::<Job>(&client, ns.as_deref()), children.clone())
+            .reflect(writer)
+            .applied_objects(),
+            metrics.clone(),
+        );
+        Controller::for_stream(policies, store)
+            .owns_stream(owned::<NetworkPolicy>(&client, ns, &children, metrics))
+            .owns_stream(owned::<Secret>(&client, ns, &children, metrics))
+            .owns_stream(owned::<ConfigMap>(&client, ns, &children, metrics))
+            .owns_stream(owned::<Job>(&client, ns, &children, metrics))
             .with_config(controller::Config::default().concurrency(settings.concurrency))
-            .trigger_backoff(WatchBackoff::default())
+            .trigger_backoff(NoPause)
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .boxed()
@@ -260,6 +268,28 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// A metadata-only watch of one kind of produced object, paced on its own.
+fn owned<K>(
+    client: &Client,
+    ns: Option<&str>,
+    config: &watcher::Config,
+    metrics: &Arc<Metrics>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api = scoped::<PartialObjectMeta<K>>(client, ns);
+    paced(
+        watcher(api, config.clone()).touched_objects(),
+        metrics.clone(),
+    )
 }
 
 fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -416,30 +446,6 @@ fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// Retry delays of failed watches: 0.5 s doubling to 4 s. Short enough to be back within
-/// seconds of an API server's return, long enough not to hammer one that is down (about eight
-/// attempts in 30 s). Reset once a watch succeeds.
-#[derive(Default)]
-struct WatchBackoff {
-    failures: u32,
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let delay = Duration::from_millis(500) * 2u32.pow(self.failures.min(3));
-        self.failures = self.failures.saturating_add(1);
-        Some(delay)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.failures = 0;
     }
 }
 
