@@ -2,6 +2,7 @@
 //! a three-tier application and keeps it that way.
 
 pub mod api;
+pub mod audit;
 pub mod controller;
 pub mod facets;
 pub mod kube_io;

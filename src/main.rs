@@ -39,6 +39,14 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Rotate what a SecurityPolicy produced. `--all`, in this order: CA rollover, leaf
+    /// certificates under the new CA, Kafka passwords, PostgreSQL passwords, JWT signing keys.
+    /// Sets the annotation bulwark.dev/rotate-all to a new value; the operator does the rest.
+    /// Exit status 1 when a phase fails or --timeout passes (the message names the phase).
+    Rotate(RotateArgs),
+    /// Report the security posture of the namespaces that hold SecurityPolicies.
+    #[command(long_about = AUDIT_HELP)]
+    Audit(AuditArgs),
     /// Apply a plan computed by the operator to an external system (what the Jobs run).
     #[command(subcommand)]
     Provision(ProvisionTarget),
@@ -56,6 +64,54 @@ enum ProvisionTarget {
     /// BULWARK_KAFKA_PLAN), BULWARK_KAFKA_CREDENTIALS_FILE (or BULWARK_KAFKA_CREDENTIALS),
     /// BULWARK_KAFKA_ADMIN_USER, BULWARK_KAFKA_ADMIN_PASSWORD and BULWARK_KAFKA_CA_FILE.
     Kafka,
+}
+
+const AUDIT_HELP: &str = "Report the security posture of the namespaces that hold SecurityPolicies, read from the cluster of the current kubeconfig (read-only).
+
+Finding types: UnisolatedPod (no tier of any policy selects the pod), EmptyTier (a tier selects no pod), UncoveredDataPort (a data-tier Service port a flow reaches with no certificate naming the Service), CertificateExpiry (each CA and certificate of status.certificates by time to expiry), CredentialAge (Kafka users, PostgreSQL roles, JWT keys by age since their last rotation), Drift (a facet in Conflict or Contested, or a produced object missing), NotReady (Ready not True, status missing or stale), Inconsistency (the checks behind the Consistent condition).
+
+Severities, lowest first: info, low, medium, high, critical. Certificates: expired critical, under 7 days high, under 30 days medium, otherwise info. Kafka and PostgreSQL passwords: 365 days or older medium, 90 days or older low. JWT keys past rotateEvery by more than a day: high. UnisolatedPod: low under a default-deny (its traffic is blocked), high without. EmptyTier: low. UncoveredDataPort: high. Drift: high (Contested: medium). NotReady: high (status missing or stale: medium). Inconsistency: high (WeakSslMode: medium).
+
+Exit status: 0 when no finding is at or above --fail-on, 1 when one is, 2 when the audit could not run.
+
+JSON (-o json, schemaVersion 1): {schemaVersion, namespaces, failOn, summary: {total, critical, high, medium, low, info, atOrAboveFailOn}, findings: [{type, severity, namespace, policy (null for a pod no policy selects), object (Kind/name), message}]}, findings sorted by namespace, severity (most severe first), type, policy, object.";
+
+/// Output format of `bulwark audit`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuditOutput {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Audit only this namespace; default: every namespace that holds a SecurityPolicy.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: AuditOutput,
+    /// Exit with status 1 when any finding is at or above this severity.
+    #[arg(long, value_enum, default_value = "high")]
+    fail_on: bulwark::audit::Severity,
+}
+
+#[derive(clap::Args)]
+struct RotateArgs {
+    /// Everything: CA, leaves, Kafka and PostgreSQL passwords, JWT keys (required).
+    #[arg(long, required = true)]
+    all: bool,
+    /// Name of the SecurityPolicy.
+    policy: String,
+    /// Namespace of the policy; the kubeconfig's namespace when absent.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Follow status.rotation and print each phase as it completes.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait follows before giving up, e.g. 30m or 2h.
+    #[arg(long, default_value = "30m")]
+    timeout: bulwark::api::GoDuration,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +154,8 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", bulwark::render::explain(&policies));
         }
         Command::Run(args) => run(args).await?,
+        Command::Rotate(args) => rotate(args).await?,
+        Command::Audit(args) => std::process::exit(audit(args).await),
         Command::Provision(ProvisionTarget::Postgres) => provision_postgres().await?,
         Command::Provision(ProvisionTarget::Kafka) => provision_kafka().await?,
     }
@@ -109,6 +167,51 @@ fn read_input(file: &str) -> anyhow::Result<String> {
         return std::io::read_to_string(std::io::stdin()).context("reading stdin");
     }
     std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+}
+
+/// Runs `bulwark audit`; returns the exit status.
+async fn audit(args: AuditArgs) -> i32 {
+    let report = async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let snapshots =
+            bulwark::audit::cluster::snapshots(&client, args.namespace.as_deref()).await?;
+        let findings = bulwark::audit::audit(&snapshots, jiff::Timestamp::now());
+        let namespaces = snapshots.into_iter().map(|s| s.namespace).collect();
+        anyhow::Ok(bulwark::audit::report::Report::new(
+            namespaces,
+            findings,
+            args.fail_on,
+        ))
+    }
+    .await;
+    match report {
+        Ok(report) => {
+            match args.output {
+                AuditOutput::Text => print!("{}", report.to_text()),
+                AuditOutput::Json => print!("{}", report.to_json()),
+            }
+            i32::from(report.failed())
+        }
+        Err(e) => {
+            eprintln!("bulwark audit: {e:#}");
+            2
+        }
+    }
+}
+
+async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let ns = args
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    debug_assert!(args.all, "clap requires --all");
+    let wait = args.wait.then_some(args.timeout.0);
+    let mut out = std::io::stdout();
+    bulwark::controller::rotation::cli::rotate_all(client, &ns, &args.policy, wait, &mut out).await
 }
 
 async fn provision_postgres() -> anyhow::Result<()> {

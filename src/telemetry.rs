@@ -50,8 +50,16 @@ struct CertificateLabels {
     certificate: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    namespace: String,
+    policy: String,
+    r#type: String,
+}
+
 /// The operator's Prometheus metrics.
 pub struct Metrics {
+    findings: Family<FindingLabels, Gauge>,
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     reconcile_duration: Histogram,
@@ -109,7 +117,14 @@ impl Default for Metrics {
             "Watches whose last attempt failed; above zero the API server is unreachable or refusing, and /readyz answers 503",
             watches_failing.clone(),
         );
+        let findings = Family::<FindingLabels, Gauge>::default();
+        registry.register(
+            "policy_findings",
+            "Findings of bulwark audit the operator knows while reconciling (status.findings), per policy and finding type",
+            findings.clone(),
+        );
         Self {
+            findings,
             watch_errors,
             watches_failing,
             not_after,
@@ -194,11 +209,41 @@ impl Metrics {
         }
     }
 
+    /// Publishes one policy's `status.findings`; every type it can count is exported, zero included.
+    pub fn set_policy_findings(
+        &self,
+        namespace: &str,
+        policy: &str,
+        counts: &std::collections::BTreeMap<String, u32>,
+    ) {
+        for t in crate::audit::STATUS_SUMMARY_TYPES {
+            let labels = finding_labels(namespace, policy, t.as_str());
+            let n = counts.get(t.as_str()).copied().unwrap_or(0);
+            self.findings.get_or_create(&labels).set(i64::from(n));
+        }
+    }
+
+    /// Drops the finding gauges of a policy that went away.
+    pub fn remove_policy_findings(&self, namespace: &str, policy: &str) {
+        for t in crate::audit::STATUS_SUMMARY_TYPES {
+            self.findings
+                .remove(&finding_labels(namespace, policy, t.as_str()));
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+fn finding_labels(namespace: &str, policy: &str, finding_type: &str) -> FindingLabels {
+    FindingLabels {
+        namespace: namespace.into(),
+        policy: policy.into(),
+        r#type: finding_type.into(),
     }
 }
 

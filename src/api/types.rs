@@ -30,7 +30,8 @@ fn secret_names_unique_rule() -> String {
     status = "SecurityPolicyStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: a SecurityPolicy's name is at most 63 characters, as it labels every object it produces")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -58,7 +59,7 @@ pub struct SecurityPolicySpec {
     /// Tier name to the pods that belong to it. Any names may be used; frontend, backend and
     /// data is the convention. Tiers referenced by rules must be DNS labels of at most 40
     /// characters, because they end up in object names.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
     pub tiers: BTreeMap<String, Tier>,
 
     /// Network isolation between the tiers. Absent: no NetworkPolicy is produced.
@@ -298,9 +299,9 @@ pub struct CaSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub existing_secret: Option<String>,
-    /// Subject common name of a generated CA.
+    /// Subject common name of a generated CA (no U+FFFE or U+FFFF: Java keystores cannot hold them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), regex(pattern = r"^[^\x{FFFE}\x{FFFF}]*$"))]
     pub common_name: Option<String>,
     /// Lifetime of a generated CA, e.g. 43800h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,9 +398,9 @@ pub struct CertificateSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub tier: Option<String>,
-    /// Subject common name.
+    /// Subject common name (no U+FFFE or U+FFFF: Java keystores cannot hold them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), regex(pattern = r"^[^\x{FFFE}\x{FFFF}]*$"))]
     pub common_name: Option<String>,
     /// DNS subject alternative names; a leading `*.` wildcard is allowed.
     #[serde(default)]
@@ -431,7 +432,8 @@ pub struct CertificateSpec {
     pub private_key: Option<PrivateKeySpec>,
 }
 
-/// A DNS subject alternative name: a lowercase RFC 1123 name, optionally starting with `*.`.
+/// A DNS subject alternative name: a lowercase RFC 1123 name (labels of at most 63
+/// characters), optionally starting with `*.`.
 #[derive(
     Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
 )]
@@ -439,7 +441,7 @@ pub struct DnsName(
     #[schemars(
         length(min = 1, max = 253),
         regex(
-            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
         )
     )]
     pub String,
@@ -673,7 +675,8 @@ pub struct SecurityPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready plus one condition per facet present: TLSReady, NetworkReady, KafkaReady,
-    /// PostgresReady, JWTReady.
+    /// PostgresReady, JWTReady; and Consistent (cross-facet checks of the spec, a warning that
+    /// never makes Ready False).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -683,6 +686,12 @@ pub struct SecurityPolicyStatus {
     /// The CA and every certificate: where it lives, when it expires and when it renews.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateStatus>,
+    /// Findings of `bulwark audit` the operator already knows while reconciling, counted by
+    /// finding type at severity low or above: `Inconsistency` (the checks behind the
+    /// `Consistent` condition), `CertificateExpiry` (the CA or a certificate expires within 30
+    /// days) and `Drift` (a facet in `Conflict` or `Contested`). Types with no finding are left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub findings: BTreeMap<String, u32>,
     /// The last `bulwark.dev/rotate` annotation value acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_rotation: Option<String>,
@@ -696,6 +705,26 @@ pub struct SecurityPolicyStatus {
     /// the old one) or LeavesReissued (leaves under the new CA, old CA still trusted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_rollover_phase: Option<String>,
+    /// Progress of the last `bulwark.dev/rotate-all` request (`bulwark rotate --all`); kept
+    /// after the annotation is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+}
+
+/// Progress of a `bulwark.dev/rotate-all` request: CA rollover, leaves, Kafka, PostgreSQL and
+/// JWT rotation, one after the other.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// The `bulwark.dev/rotate-all` value this progress belongs to.
+    pub requested: String,
+    /// The phase running now: CARollover, Leaves, Kafka, PostgreSQL or JWT; Complete once every
+    /// phase is done. Phases the policy has nothing for are skipped.
+    pub phase: String,
+    /// Why the current phase does not progress: its facet's condition, when False for a reason
+    /// other than a Job still running. Absent while things move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// One JWT signing key in status.

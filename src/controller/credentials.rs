@@ -10,8 +10,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use super::Error;
+use super::rotation::ROTATE_ALL_MARK;
 use super::tls::ROTATION_MARK;
 use crate::api::SecurityPolicy;
+use crate::audit::ANNOTATION_PASSWORD_SET_AT;
 use crate::facets::tls::Sensitive;
 use crate::kube_io::is_produced_by;
 
@@ -21,6 +23,13 @@ pub struct Existing {
     pub passwords: BTreeMap<String, Sensitive<String>>,
     /// The rotation mark of each existing Secret, by Secret name.
     pub marks: BTreeMap<String, Option<String>>,
+    /// The rotate-all mark of each existing Secret, by Secret name.
+    pub all_marks: BTreeMap<String, Option<String>>,
+    /// When each existing Secret's password was set (its `bulwark.dev/password-set-at`), by
+    /// Secret name.
+    pub set_at: BTreeMap<String, String>,
+    /// The rotate-all mark of the state Secret: the request whose Job succeeded.
+    pub state_all_mark: Option<String>,
     /// The facet's own state Secret (verifiers, salted credentials), when it exists.
     pub state: Option<BTreeMap<String, ByteString>>,
     /// `Secret <name>` for every wanted name held by an object we did not produce.
@@ -47,6 +56,11 @@ pub async fn read_existing(
             existing.conflicts.push(format!("Secret {name}"));
             continue;
         }
+        let all_mark = secret.annotations().get(ROTATE_ALL_MARK).cloned();
+        existing.all_marks.insert(name.clone(), all_mark);
+        if let Some(at) = secret.annotations().get(ANNOTATION_PASSWORD_SET_AT) {
+            existing.set_at.insert(name.clone(), at.clone());
+        }
         existing
             .marks
             .insert(name, secret.annotations().get(ROTATION_MARK).cloned());
@@ -65,6 +79,7 @@ pub async fn read_existing(
         .map_err(Error::kube("read credential state Secret"))?
     {
         if is_produced_by(&secret.metadata, policy) {
+            existing.state_all_mark = secret.annotations().get(ROTATE_ALL_MARK).cloned();
             existing.state = secret.data;
         } else {
             existing.conflicts.push(format!("Secret {state_name}"));

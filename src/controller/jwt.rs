@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
+use super::rotation::{Gate, Progress, ROTATE_ALL_MARK};
 use super::status::{ConditionStatus, FacetReport};
 use super::{Context, Error, rotation_mark};
 use crate::api::{JwtKeyStatus, ManagedObject, SecurityPolicy};
@@ -33,26 +34,35 @@ fn report(status: ConditionStatus, reason: &str, message: String) -> FacetReport
     }
 }
 
+/// `all` says whether the rotate-all request may replace the keys now; `progress` receives
+/// whether every key was rotated for it.
 pub async fn reconcile_jwt(
     policy: &SecurityPolicy,
     ctx: &Context,
     applier: &Applier<'_>,
     ns: &str,
     managed: &mut Vec<ManagedObject>,
+    all: &Gate,
+    progress: &mut Progress,
 ) -> Result<Option<JwtOutcome>, Error> {
     let Some(entries) = policy.spec.jwt.as_ref() else {
         return Ok(None);
     };
+    if !entries.is_empty() {
+        *progress = Progress::Pending;
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let requested = policy.annotations().get(ROTATE_ANNOTATION).cloned();
     let mut conflicts = Vec::new();
     let mut observed = ObservedJwt::default();
     let mut marks: BTreeMap<String, Option<Option<String>>> = BTreeMap::new();
+    let mut all_marks: BTreeMap<String, Option<Option<String>>> = BTreeMap::new();
 
     for entry in entries {
         let mut key = ObservedJwtKey::default();
         let mut mark = None;
+        let mut all_mark = None;
         if let Some(secret) = secrets
             .get_opt(&entry.secret_name)
             .await
@@ -60,6 +70,7 @@ pub async fn reconcile_jwt(
         {
             if is_produced_by(&secret.metadata, policy) {
                 mark = Some(secret.annotations().get(ROTATION_MARK).cloned());
+                all_mark = Some(secret.annotations().get(ROTATE_ALL_MARK).cloned());
                 key.secret = Some(Sensitive::new(secret.data.unwrap_or_default()));
             } else {
                 conflicts.push(format!("Secret {}", entry.secret_name));
@@ -78,7 +89,12 @@ pub async fn reconcile_jwt(
             }
         }
         key.rotate = requested.is_some() && mark.as_ref().is_some_and(|m| *m != requested);
+        // rotate-all replaces each existing key once.
+        key.rotate |= all_mark
+            .as_ref()
+            .is_some_and(|m: &Option<String>| all.rotates(m.as_ref()));
         marks.insert(entry.name.clone(), mark);
+        all_marks.insert(entry.name.clone(), all_mark);
         observed.keys.insert(entry.name.clone(), key);
     }
 
@@ -101,6 +117,7 @@ pub async fn reconcile_jwt(
     };
 
     let reference = policy.object_ref(&());
+    let mut keys_rotated = true;
     for key in &desired {
         let mut secret = key.secret.clone();
         let observed_mark = marks.get(&key.name).cloned().flatten();
@@ -108,6 +125,14 @@ pub async fn reconcile_jwt(
             secret
                 .annotations_mut()
                 .insert(ROTATION_MARK.to_string(), mark);
+        }
+        let observed_all = all_marks.get(&key.name).cloned().flatten();
+        let all_mark = all.mark(observed_all, key.change.is_some());
+        keys_rotated &= all.is_done(all_mark.as_ref());
+        if let Some(mark) = all_mark {
+            secret
+                .annotations_mut()
+                .insert(ROTATE_ALL_MARK.to_string(), mark);
         }
         for result in [
             apply_named(applier, &secrets, secret, &conflicts, managed).await,
@@ -144,6 +169,7 @@ pub async fn reconcile_jwt(
             next_rotation: k.next_rotation.map(|t| t.to_string()),
         })
         .collect();
+    *progress = Progress::of(keys_rotated && conflicts.is_empty());
     let report = if conflicts.is_empty() {
         report(
             ConditionStatus::True,

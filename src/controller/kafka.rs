@@ -9,6 +9,7 @@ use kube::{Api, ResourceExt};
 
 use super::credentials::read_existing;
 use super::job::{Followed, JobOutcome, JobProgress, conflict, follow_job};
+use super::rotation::{Gate, Progress, ROTATE_ALL_MARK};
 use super::status::ConditionStatus;
 use super::tls::{ROTATE_ANNOTATION, ROTATION_MARK};
 use super::{Context, Error, rotation_mark};
@@ -33,6 +34,9 @@ fn invalid(e: KafkaError) -> JobOutcome {
     outcome(ConditionStatus::False, e.reason(), e.to_string(), None)
 }
 
+/// `all` says whether the rotate-all request may replace the passwords now; `progress` receives
+/// whether it is done: every user rotated for it and the Job with their new credentials succeeded.
+#[allow(clippy::too_many_arguments)]
 pub async fn reconcile_kafka(
     policy: &SecurityPolicy,
     ctx: &Context,
@@ -40,21 +44,27 @@ pub async fn reconcile_kafka(
     ns: &str,
     managed: &mut Vec<ManagedObject>,
     ca_bundle: Option<&str>,
+    all: &Gate,
+    progress: &mut Progress,
 ) -> Result<Option<JobOutcome>, Error> {
     let Some(kafka) = policy.spec.kafka.as_ref() else {
         return Ok(None);
     };
+    if !kafka.users.is_empty() {
+        *progress = Progress::Pending;
+    }
     let policy_name = policy.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let requested = policy.annotations().get(ROTATE_ANNOTATION).cloned();
+    let users: Vec<(String, String)> = kafka
+        .users
+        .iter()
+        .map(|u| (u.name.clone(), user_secret_name(&policy_name, u)))
+        .collect();
     let existing = read_existing(
         &secrets,
         policy,
-        kafka
-            .users
-            .iter()
-            .map(|u| (u.name.clone(), user_secret_name(&policy_name, u)))
-            .collect(),
+        users.clone(),
         &scram_secret_name(&policy_name),
     )
     .await?;
@@ -65,8 +75,17 @@ pub async fn reconcile_kafka(
         return Ok(Some(conflict(Facet::Kafka, &conflicts)));
     }
     let marks = existing.marks;
+    let all_marks = existing.all_marks;
+    let mut passwords = existing.passwords;
+    // rotate-all replaces each password once: a user already rotated for the request keeps it.
+    for (user, secret) in &users {
+        if all.rotates(all_marks.get(secret).and_then(Option::as_ref)) {
+            passwords.remove(user);
+        }
+    }
+    let mut confirmed = all.is_done(existing.state_all_mark.as_ref());
     let observed = ObservedKafka {
-        passwords: existing.passwords,
+        passwords,
         scram_secret: existing.state,
         rotate,
     };
@@ -78,6 +97,7 @@ pub async fn reconcile_kafka(
     };
     let mut keep = BTreeSet::new();
     let mut own = desired.user_secrets.clone();
+    let mut users_rotated = true;
     for secret in &mut own {
         let name = secret.name_any();
         let mark = rotation_mark(&requested, marks.get(&name).cloned(), observed.rotate);
@@ -86,8 +106,32 @@ pub async fn reconcile_kafka(
                 .annotations_mut()
                 .insert(ROTATION_MARK.to_string(), mark);
         }
+        let generated = users
+            .iter()
+            .any(|(u, s)| *s == name && desired.generated.contains(u));
+        super::stamp_password_set_at(secret, generated, existing.set_at.get(&name));
+        let all_mark = all.mark(all_marks.get(&name).cloned(), generated);
+        users_rotated &= all.is_done(all_mark.as_ref());
+        if let Some(mark) = all_mark {
+            secret
+                .annotations_mut()
+                .insert(ROTATE_ALL_MARK.to_string(), mark);
+        }
     }
-    own.extend(desired.scram_secret.iter().cloned());
+    let with_state_mark = |mut secret: Secret, mark: Option<&String>| {
+        if let Some(mark) = mark {
+            secret
+                .annotations_mut()
+                .insert(ROTATE_ALL_MARK.to_string(), mark.clone());
+        }
+        secret
+    };
+    own.extend(
+        desired
+            .scram_secret
+            .iter()
+            .map(|s| with_state_mark(s.clone(), existing.state_all_mark.as_ref())),
+    );
     own.extend(desired.jaas_secret.iter().cloned());
     for secret in own {
         let name = secret.name_any();
@@ -112,6 +156,11 @@ pub async fn reconcile_kafka(
         applier.delete_stale(&secrets, Facet::Kafka, &keep).await?;
     }
 
+    *progress = Progress::of(if desired.jaas_secret.is_some() {
+        users_rotated
+    } else {
+        confirmed
+    });
     if let Some(jaas) = &desired.jaas_secret {
         return Ok(Some(outcome(
             ConditionStatus::True,
@@ -166,6 +215,18 @@ pub async fn reconcile_kafka(
     {
         JobProgress::Pending(outcome) => Ok(Some(outcome)),
         JobProgress::Complete { name, requeue } => {
+            // The Job registered every user's rotated credential: record the request as done.
+            if all.turn
+                && users_rotated
+                && !confirmed
+                && let Some(scram) = desired.scram_secret.clone()
+            {
+                applier
+                    .apply(&secrets, with_state_mark(scram, all.requested.as_ref()))
+                    .await?;
+                confirmed = true;
+            }
+            *progress = Progress::of(confirmed);
             let plan = desired.plan.as_ref();
             let removed = plan.map_or(0, |p| p.remove.len());
             let mut message = format!(

@@ -1,11 +1,13 @@
 //! The reconciler: orders the facets' pure builders, applies their output, writes status.
 
+pub mod consistency;
 pub mod credentials;
 pub mod job;
 pub mod jwt;
 pub mod kafka;
 pub mod leader;
 pub mod postgres;
+pub mod rotation;
 pub mod status;
 pub mod tls;
 pub mod watches;
@@ -200,6 +202,25 @@ pub(crate) fn rotation_mark(
     }
 }
 
+/// Records on a Kafka user or PostgreSQL role Secret when its password was generated; a Secret
+/// whose password this run kept keeps what it records.
+pub(crate) fn stamp_password_set_at(
+    secret: &mut Secret,
+    generated: bool,
+    observed: Option<&String>,
+) {
+    let at = crate::audit::password_set_at(
+        generated,
+        observed.map(String::as_str),
+        jiff::Timestamp::now(),
+    );
+    if let Some(at) = at {
+        secret
+            .annotations_mut()
+            .insert(crate::audit::ANNOTATION_PASSWORD_SET_AT.to_string(), at);
+    }
+}
+
 /// Delay after the `failures`-th consecutive failure of one policy.
 pub fn backoff_for(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(6);
@@ -314,8 +335,14 @@ async fn reconcile(policy: Arc<SecurityPolicy>, ctx: Arc<Context>) -> Result<Act
         }
     })
     .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // The policy went away while its finalizer was being removed: nothing is left to do.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     let label = match &result {
         Ok(_) => "success",
         Err(e) => e.metric_label(),
@@ -339,6 +366,21 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     let applier = Applier::new(policy, &ctx.metrics, &ctx.repairs);
     let mut reports = Vec::new();
     let mut managed_objects = Vec::new();
+    // A facet whose Secret names cannot be used is reported and left alone, as if absent.
+    let unusable = crate::facets::names::secret_name_problems(policy);
+    let masked;
+    let policy = if unusable.is_empty() {
+        policy
+    } else {
+        masked = crate::facets::names::without_facets(policy, unusable.keys());
+        &masked
+    };
+    reports.extend(unusable.into_iter().map(|(facet, message)| FacetReport {
+        facet,
+        status: ConditionStatus::False,
+        reason: "InvalidSpec".into(),
+        message,
+    }));
 
     let network = reconcile_network(policy, ctx, &applier, &ns, &mut managed_objects).await?;
     let mut recheck = network.as_ref().is_some_and(|r| r.reason == "Conflict");
@@ -352,6 +394,9 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     let mut handled_ca_rotation = previous.handled_ca_rotation;
     let mut ca_rollover_phase = None;
     let mut bundle = None;
+    // rotate-all runs the facets' rotations in this order: each facet may rotate for it only
+    // once the ones before it report done.
+    let mut rotate_all = rotation::Facts::default();
     if let Some(outcome) =
         tls::reconcile_tls(policy, ctx, &applier, &ns, &mut managed_objects).await?
     {
@@ -363,30 +408,12 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         ca_rollover_phase = outcome.phase;
         bundle = outcome.bundle;
         reports.push(outcome.report);
-    }
-    let mut jwt_keys = Vec::new();
-    if let Some(outcome) =
-        jwt::reconcile_jwt(policy, ctx, &applier, &ns, &mut managed_objects).await?
-    {
-        recheck |= outcome.recheck;
-        jwt_keys = outcome.keys;
-        next_renewal = earliest(next_renewal, outcome.next_event);
-        reports.push(outcome.report);
+        rotate_all.set(rotation::RotationPhase::CaRollover, outcome.rotate_all.0);
+        rotate_all.set(rotation::RotationPhase::Leaves, outcome.rotate_all.1);
     }
     let mut job_requeue = None;
-    if let Some(outcome) = postgres::reconcile_postgres(
-        policy,
-        ctx,
-        &applier,
-        &ns,
-        &mut managed_objects,
-        bundle.as_deref(),
-    )
-    .await?
-    {
-        job_requeue = outcome.requeue;
-        reports.push(outcome.report);
-    }
+    let mut progress = rotation::Progress::Absent;
+    let gate = rotation::Gate::new(policy, &rotate_all, rotation::RotationPhase::Kafka);
     if let Some(outcome) = kafka::reconcile_kafka(
         policy,
         ctx,
@@ -394,12 +421,53 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         &ns,
         &mut managed_objects,
         bundle.as_deref(),
+        &gate,
+        &mut progress,
+    )
+    .await?
+    {
+        job_requeue = outcome.requeue;
+        reports.push(outcome.report);
+    }
+    rotate_all.set(rotation::RotationPhase::Kafka, progress);
+    let mut progress = rotation::Progress::Absent;
+    let gate = rotation::Gate::new(policy, &rotate_all, rotation::RotationPhase::Postgres);
+    if let Some(outcome) = postgres::reconcile_postgres(
+        policy,
+        ctx,
+        &applier,
+        &ns,
+        &mut managed_objects,
+        bundle.as_deref(),
+        &gate,
+        &mut progress,
     )
     .await?
     {
         job_requeue = earliest(job_requeue, outcome.requeue);
         reports.push(outcome.report);
     }
+    rotate_all.set(rotation::RotationPhase::Postgres, progress);
+    let mut jwt_keys = Vec::new();
+    let mut progress = rotation::Progress::Absent;
+    let gate = rotation::Gate::new(policy, &rotate_all, rotation::RotationPhase::Jwt);
+    if let Some(outcome) = jwt::reconcile_jwt(
+        policy,
+        ctx,
+        &applier,
+        &ns,
+        &mut managed_objects,
+        &gate,
+        &mut progress,
+    )
+    .await?
+    {
+        recheck |= outcome.recheck;
+        jwt_keys = outcome.keys;
+        next_renewal = earliest(next_renewal, outcome.next_event);
+        reports.push(outcome.report);
+    }
+    rotate_all.set(rotation::RotationPhase::Jwt, progress);
     let contested = applier.contested();
     let contested_retry = report_contested(&mut reports, &contested, policy);
     job_requeue = earliest(job_requeue, contested_retry);
@@ -417,17 +485,37 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     ctx.record_managed(format!("{ns}/{}", policy.name_any()), Some(counts));
 
     ctx.record_certificates(&ns, &policy.name_any(), &certificates);
+    // status.findings counts certificates by expiry threshold: look again when one is crossed.
+    next_renewal = earliest(
+        next_renewal,
+        crate::audit::next_expiry_step(&certificates, jiff::Timestamp::now()),
+    );
     let next = SecurityPolicyStatus {
         observed_generation: policy.meta().generation,
         conditions: Vec::new(),
         managed_objects,
         certificates,
+        findings: BTreeMap::new(),
         handled_rotation,
         handled_ca_rotation,
         ca_rollover_phase,
         jwt: jwt_keys,
+        rotation: rotation::rotation_status(
+            previous.rotation.as_ref(),
+            rotation::requested(policy).as_deref(),
+            &rotate_all,
+            &reports,
+        ),
     };
+    let rotation_now = next.rotation.clone();
     write_status(policy, ctx, &reports, next).await?;
+    rotation::record_transition(
+        ctx,
+        policy,
+        previous.rotation.as_ref(),
+        rotation_now.as_ref(),
+    )
+    .await;
     // A foreign object or a missing input carries none of our labels: no watch says when it changes.
     let until_renewal = next_renewal.map(|at| {
         Duration::try_from(at.duration_since(jiff::Timestamp::now()))
@@ -587,8 +675,22 @@ async fn write_status(
 ) -> Result<(), Error> {
     let previous = policy.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
-    next.conditions =
-        status::conditions(&previous.conditions, reports, policy.meta().generation, now);
+    next.conditions = status::conditions(
+        &previous.conditions,
+        reports,
+        policy.meta().generation,
+        now.clone(),
+    );
+    let inconsistencies = consistency::inconsistencies(&policy.spec);
+    next.conditions.push(status::consistent_condition(
+        &previous.conditions,
+        &inconsistencies,
+        policy.meta().generation,
+        now.clone(),
+    ));
+    let (ns, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
+    next.findings = crate::audit::status_summary(&ns, &name, &next, &inconsistencies, now.0);
+    ctx.metrics.set_policy_findings(&ns, &name, &next.findings);
     if next == previous {
         return Ok(());
     }
@@ -706,6 +808,7 @@ async fn cleanup(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error
     }
     ctx.record_managed(format!("{ns}/{name}"), None);
     ctx.record_certificates(&ns, &name, &[]);
+    ctx.metrics.remove_policy_findings(&ns, &name);
     tracing::info!(policy = %name, deletion_policy = ?policy.spec.deletion_policy, "cleaned up");
     Ok(Action::await_change())
 }

@@ -31,6 +31,8 @@ impl ConditionStatus {
 }
 
 pub const READY: &str = "Ready";
+/// Cross-facet consistency of the spec. A warning only: it never makes `Ready` False.
+pub const CONSISTENT: &str = "Consistent";
 
 /// The conditions for `reports`: one per facet plus `Ready`, which is True when no facet is
 /// False.
@@ -106,6 +108,37 @@ fn condition(
     }
 }
 
+/// The `Consistent` condition for the spec's `found` inconsistencies: True with reason
+/// `Consistent` when there are none, otherwise False with the first one's reason and every
+/// message. Unlike a facet condition it does not feed `Ready`: a spec that works but could be
+/// safer is a warning, not an outage.
+pub fn consistent_condition(
+    previous: &[Condition],
+    found: &[crate::controller::consistency::Inconsistency],
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let (status, reason, message) = match found.first() {
+        None => (
+            ConditionStatus::True,
+            "Consistent".to_string(),
+            "the sections of the spec fit together".to_string(),
+        ),
+        Some(first) => (
+            ConditionStatus::False,
+            first.reason.to_string(),
+            found
+                .iter()
+                .map(|i| i.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    condition(
+        previous, CONSISTENT, status, &reason, &message, generation, &now,
+    )
+}
+
 /// Conditions whose status or reason differ from `previous`: each is worth an Event.
 pub fn transitions<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
     current
@@ -160,6 +193,41 @@ mod tests {
                 .starts_with("NetworkReady: Conflict message")
         );
         assert_eq!(conds.len(), 3);
+    }
+
+    #[test]
+    fn consistent_condition_is_stable_and_names_the_first_reason() {
+        use crate::controller::consistency::Inconsistency;
+        let ok = consistent_condition(&[], &[], Some(1), time(100));
+        assert_eq!(
+            (ok.status.as_str(), ok.reason.as_str()),
+            ("True", "Consistent")
+        );
+        let found = [
+            Inconsistency {
+                reason: "WeakSslMode",
+                field: "spec.postgres.sslMode".into(),
+                message: "spec.postgres.sslMode: require".into(),
+            },
+            Inconsistency {
+                reason: "FrontendToData",
+                field: "spec.network.flows[1]".into(),
+                message: "spec.network.flows[1]: direct".into(),
+            },
+        ];
+        let bad = consistent_condition(std::slice::from_ref(&ok), &found, Some(1), time(200));
+        assert_eq!(bad.status, "False");
+        assert_eq!(bad.reason, "WeakSslMode");
+        assert_eq!(
+            bad.message,
+            "spec.postgres.sslMode: require; spec.network.flows[1]: direct"
+        );
+        assert_eq!(bad.last_transition_time, time(200));
+        let again = consistent_condition(std::slice::from_ref(&bad), &found, Some(1), time(300));
+        assert_eq!(
+            again, bad,
+            "an unchanged spec computes the stored condition"
+        );
     }
 
     #[test]

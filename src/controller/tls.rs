@@ -6,11 +6,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
+use super::rotation::{self, Gate, Progress, ROTATE_ALL_MARK, RotationPhase};
 use super::status::{ConditionStatus, FacetReport};
 use super::{Context, Error, rotation_mark};
 use crate::api::{CaSpec, CertificateStatus, GoDuration, ManagedObject, SecurityPolicy};
 use crate::facets::tls::{
-    ObservedTls, RolloverSettings, SecretData, TlsError, ca_secret_name, desired_tls,
+    NEXT_CRT, ObservedTls, ReissueReason, RolloverPhase, RolloverSettings, SecretData, TLS_KEY,
+    TlsError, ca_secret_name, desired_tls,
 };
 use crate::kube_io::{Applier, ApplyError, Facet, is_produced_by};
 
@@ -37,6 +39,8 @@ pub struct TlsOutcome {
     pub phase: Option<String>,
     /// The trust bundle as published: what the other facets hand to their clients.
     pub bundle: Option<String>,
+    /// Where the `CARollover` and `Leaves` phases of a rotate-all request stand.
+    pub rotate_all: (Progress, Progress),
 }
 
 fn report(status: ConditionStatus, reason: &str, message: String) -> FacetReport {
@@ -82,6 +86,7 @@ pub async fn reconcile_tls(
     }
     let mut observed_leaves: BTreeMap<String, SecretData> = BTreeMap::new();
     let mut leaf_marks: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut leaf_all_marks: BTreeMap<String, Option<String>> = BTreeMap::new();
     for cert in &tls.certificates {
         if let Some(secret) = secrets
             .get_opt(&cert.secret_name)
@@ -91,6 +96,8 @@ pub async fn reconcile_tls(
             if is_produced_by(&secret.metadata, policy) {
                 let mark = secret.annotations().get(ROTATION_MARK).cloned();
                 leaf_marks.insert(cert.secret_name.clone(), mark);
+                let all_mark = secret.annotations().get(ROTATE_ALL_MARK).cloned();
+                leaf_all_marks.insert(cert.secret_name.clone(), all_mark);
                 observed_leaves.insert(cert.secret_name.clone(), secret.data.unwrap_or_default());
             } else {
                 conflicts.push(format!("Secret {}", cert.secret_name));
@@ -116,9 +123,42 @@ pub async fn reconcile_tls(
     let ca_mark = ca_annotations
         .as_ref()
         .and_then(|a| a.get(ROTATE_CA_MARK).cloned());
-    let rotate_ca =
+    let rotate_ca_requested =
         ca_observed && requested_ca_rotation.is_some() && requested_ca_rotation != ca_mark;
-    let rollover = rollover_settings(tls.ca.as_ref());
+    // rotate-all: the CA rollover is the first phase; one rollover answers both requests.
+    let all = Gate::new(
+        policy,
+        &rotation::Facts::default(),
+        RotationPhase::CaRollover,
+    );
+    let ca_all_mark = ca_annotations
+        .as_ref()
+        .and_then(|a| a.get(ROTATE_ALL_MARK).cloned());
+    let rotate_ca_for_all = ca_observed && all.rotates(ca_all_mark.as_ref());
+    let rotate_ca = rotate_ca_requested || rotate_ca_for_all;
+    // Leaves move for rotate-all once the new CA signs (a CA you bring never rolls over). The
+    // rollover moves them itself; a leaf still unmarked then (a write lost halfway) is re-issued
+    // alone: without its key it cannot be kept, while its keystore password survives.
+    let leaves_turn = all.requested.is_some()
+        && (byo_ca.is_some()
+            || (ca_observed
+                && all.is_done(ca_all_mark.as_ref())
+                && !observed_ca
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(NEXT_CRT))));
+    let mut forced: Vec<String> = Vec::new();
+    if leaves_turn {
+        for (name, data) in observed_leaves.iter_mut() {
+            if !all.is_done(leaf_all_marks.get(name).and_then(Option::as_ref)) {
+                data.remove(TLS_KEY);
+                forced.push(name.clone());
+            }
+        }
+    }
+    let rollover = match rollover_settings(tls.ca.as_ref()) {
+        Ok(settings) => settings,
+        Err(e) => return Ok(Some(failed(e, handled, handled_ca))),
+    };
 
     let owned_policy = policy.clone();
     let now = jiff::Timestamp::now();
@@ -154,29 +194,57 @@ pub async fn reconcile_tls(
             handled_ca_rotation: handled_ca,
             phase: None,
             bundle: None,
+            rotate_all: (Progress::Pending, Progress::Pending),
         }));
     };
 
-    let desired = match desired {
+    let mut desired = match desired {
         Ok(Some(d)) => d,
         Ok(None) => return Ok(None),
         Err(e) => return Ok(Some(failed(e, handled, handled_ca))),
     };
+    for issued in desired.issued.iter_mut() {
+        if forced.contains(&issued.secret_name) && issued.reason == ReissueReason::Missing {
+            issued.reason = ReissueReason::RotationRequested;
+        }
+    }
+    // What rotate-ca asked is answered when the rollover it started began (or the CA is new).
+    let rotate_ca_handled = desired.rotate_ca_handled && rotate_ca_requested;
+    let ca_all_mark = if (desired.rotate_ca_handled && rotate_ca_for_all) || !ca_observed {
+        all.requested.clone()
+    } else {
+        ca_all_mark
+    };
+    // A leaf counts for rotate-all when issued under the CA that signs after the rollover.
+    let leaves_may_move = all.requested.is_some()
+        && (byo_ca.is_some()
+            || (all.is_done(ca_all_mark.as_ref()) && desired.phase != RolloverPhase::NewCaTrusted));
 
     let mut writes = Vec::new();
     if let Some(mut ca) = desired.ca_secret.clone() {
-        let mark = if desired.rotate_ca_handled || !ca_observed {
+        let mark = if rotate_ca_handled || !ca_observed {
             requested_ca_rotation.clone()
         } else {
             ca_mark.clone()
         };
         set_mark(&mut ca, ROTATE_CA_MARK, mark);
+        set_mark(&mut ca, ROTATE_ALL_MARK, ca_all_mark.clone());
         writes.push(ca);
     }
+    let mut leaves_moved = true;
     for mut leaf in desired.leaf_secrets.iter().cloned() {
-        let observed_mark = leaf_marks.get(&leaf.name_any()).cloned();
+        let name = leaf.name_any();
+        let observed_mark = leaf_marks.get(&name).cloned();
         let mark = rotation_mark(&requested_rotation, observed_mark, rotate_leaves);
         set_mark(&mut leaf, ROTATION_MARK, mark);
+        let issued_now = desired.issued.iter().any(|i| i.secret_name == name);
+        let all_mark = match leaf_all_marks.get(&name).cloned() {
+            Some(mark) if !(leaves_may_move && issued_now) => mark,
+            None if !leaves_may_move => None,
+            _ => all.requested.clone(),
+        };
+        leaves_moved &= all.is_done(all_mark.as_ref());
+        set_mark(&mut leaf, ROTATE_ALL_MARK, all_mark);
         writes.push(leaf);
     }
     for secret in writes {
@@ -223,6 +291,21 @@ pub async fn reconcile_tls(
         .chain(desired.certificates.iter())
         .cloned()
         .collect();
+    leaves_moved &= conflicts.is_empty();
+    let ca_progress = if byo_ca.is_some() {
+        Progress::Absent
+    } else {
+        Progress::of(
+            conflicts.is_empty()
+                && all.is_done(ca_all_mark.as_ref())
+                && (desired.phase != RolloverPhase::NewCaTrusted || leaves_moved),
+        )
+    };
+    let leaves_progress = if desired.leaf_secrets.is_empty() {
+        Progress::Absent
+    } else {
+        Progress::of(leaves_moved)
+    };
     let report = if conflicts.is_empty() {
         report(
             ConditionStatus::True,
@@ -254,7 +337,7 @@ pub async fn reconcile_tls(
         },
         handled_ca_rotation: if !conflicts.is_empty() {
             handled_ca
-        } else if desired.rotate_ca_handled || !ca_observed {
+        } else if rotate_ca_handled || !ca_observed {
             requested_ca_rotation
         } else {
             ca_mark
@@ -265,6 +348,7 @@ pub async fn reconcile_tls(
             .data
             .as_ref()
             .and_then(|d| d.get("ca.crt").cloned()),
+        rotate_all: (ca_progress, leaves_progress),
     }))
 }
 
@@ -282,6 +366,7 @@ fn failed(e: TlsError, handled: Option<String>, handled_ca: Option<String>) -> T
         handled_ca_rotation: handled_ca,
         phase: None,
         bundle: None,
+        rotate_all: (Progress::Pending, Progress::Pending),
     }
 }
 
@@ -291,17 +376,32 @@ fn set_mark(secret: &mut Secret, key: &str, value: Option<String>) {
     }
 }
 
-/// Rollover timing from the spec; unparsable values cannot pass admission, so they fall back to defaults.
-fn rollover_settings(ca: Option<&CaSpec>) -> RolloverSettings {
+/// Rollover timing from the spec. Admission parses both with CEL; a value too large for a
+/// duration gets past it and is refused here, naming the field.
+fn rollover_settings(ca: Option<&CaSpec>) -> Result<RolloverSettings, TlsError> {
     let mut settings = RolloverSettings::default();
-    let parse = |v: Option<&String>| v.and_then(|v| v.parse::<GoDuration>().ok()).map(|d| d.0);
-    if let Some(d) = parse(ca.and_then(|c| c.rollover_overlap.as_ref())) {
-        settings.overlap = d;
+    let parse = |field: &str, value: Option<&String>| {
+        value
+            .map(|v| v.parse::<GoDuration>())
+            .transpose()
+            .map_err(|source| TlsError::InvalidDuration {
+                field: format!("spec.tls.ca.{field}"),
+                source,
+            })
+    };
+    if let Some(d) = parse(
+        "rolloverOverlap",
+        ca.and_then(|c| c.rollover_overlap.as_ref()),
+    )? {
+        settings.overlap = d.0;
     }
-    if let Some(d) = parse(ca.and_then(|c| c.rollover_propagation.as_ref())) {
-        settings.propagation = d;
+    if let Some(d) = parse(
+        "rolloverPropagation",
+        ca.and_then(|c| c.rollover_propagation.as_ref()),
+    )? {
+        settings.propagation = d.0;
     }
-    settings
+    Ok(settings)
 }
 
 fn managed_object(kind: &str, name: &str) -> ManagedObject {

@@ -65,8 +65,8 @@ pub enum JwtError {
         #[source]
         source: ParseDurationError,
     },
-    #[error("{field}: must be longer than zero")]
-    ZeroDuration { field: String },
+    #[error("{field}: must be at least 1h")]
+    RotationTooFrequent { field: String },
     #[error("jwt key {name:?}: cannot generate a {algorithm:?} key: {source}")]
     KeyGeneration {
         name: String,
@@ -82,7 +82,7 @@ impl JwtError {
     /// Reason of the `JWTReady=False` condition this error produces.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidDuration { .. } | Self::ZeroDuration { .. } => "InvalidSpec",
+            Self::InvalidDuration { .. } | Self::RotationTooFrequent { .. } => "InvalidSpec",
             Self::KeyGeneration { .. } | Self::PublicKey { .. } | Self::BuilderFailed => {
                 "KeyGenerationFailed"
             }
@@ -352,7 +352,7 @@ fn desired_key(
     let rotate_every = spec
         .rotate_every
         .as_deref()
-        .map(|text| positive_duration(&field("rotateEvery"), text))
+        .map(|text| rotation_interval(&field("rotateEvery"), text))
         .transpose()?;
     let grace = spec
         .grace_period
@@ -648,10 +648,12 @@ fn duration(field: &str, text: &str) -> Result<Duration, JwtError> {
         })
 }
 
-fn positive_duration(field: &str, text: &str) -> Result<Duration, JwtError> {
+/// `rotateEvery`: at least an hour, so a key signs long enough for its tokens to be verified
+/// and its rotations stay rare next to the reconciles around them.
+fn rotation_interval(field: &str, text: &str) -> Result<Duration, JwtError> {
     let d = duration(field, text)?;
-    if d.is_zero() {
-        return Err(JwtError::ZeroDuration {
+    if d < Duration::from_secs(3600) {
+        return Err(JwtError::RotationTooFrequent {
             field: field.to_string(),
         });
     }

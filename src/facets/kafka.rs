@@ -359,6 +359,8 @@ pub fn properties_value(value: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            // Leading whitespace (space, tab, form feed) would be skipped by Properties.load.
+            '\u{c}' => out.push_str("\\f"),
             ' ' if i == 0 => out.push_str("\\ "),
             // Properties files are read as ISO-8859-1: anything else goes as \uXXXX escapes.
             c if !c.is_ascii() => {

@@ -3,6 +3,7 @@
 pub mod job;
 pub mod jwt;
 pub mod kafka;
+pub mod names;
 pub mod network;
 pub mod postgres;
 pub mod tls;

@@ -374,7 +374,11 @@ fn representative_labels(selector: &LabelSelector) -> BTreeMap<String, String> {
     labels
 }
 
-fn selector_matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+/// True when `selector` selects a pod with `labels`; an absent selector selects every pod.
+pub fn selector_matches(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let Some(selector) = selector else {
         return true;
     };

@@ -52,6 +52,8 @@ pub enum PgError {
     NoAdminSecretRef,
     #[error("the system random number generator failed")]
     Random,
+    #[error("spec.postgres.resyncInterval: {0}")]
+    InvalidResyncInterval(#[source] crate::api::ParseDurationError),
 }
 
 impl PgError {
@@ -60,6 +62,7 @@ impl PgError {
         match self {
             Self::NoAdminSecretRef => "AdminSecretMissing",
             Self::Random => "GenerationFailed",
+            Self::InvalidResyncInterval(_) => "InvalidSpec",
         }
     }
 }
@@ -115,6 +118,8 @@ pub struct DesiredPostgres {
     pub generated: Vec<String>,
     /// [`ObservedPostgres::rotate`] was set and is answered by this run.
     pub rotate_handled: bool,
+    /// `resyncInterval`: how often the role Job runs again with an unchanged plan.
+    pub resync: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for DesiredPostgres {
@@ -319,6 +324,13 @@ pub fn desired_postgres(
     let Some(pg) = policy.spec.postgres.as_ref() else {
         return Ok(None);
     };
+    // Admission parses it with CEL; a value too large for a duration gets past it.
+    let resync = pg
+        .resync_interval
+        .as_deref()
+        .map(|v| v.parse::<crate::api::GoDuration>().map(|d| d.0))
+        .transpose()
+        .map_err(PgError::InvalidResyncInterval)?;
     let name = policy.name_any();
     let (observed_verifiers, previously_disabled) = observed
         .verifiers_secret
@@ -394,6 +406,7 @@ pub fn desired_postgres(
         job_hash,
         generated,
         rotate_handled: observed.rotate,
+        resync,
     }))
 }
 

@@ -468,7 +468,7 @@ fn invalid_durations_name_the_field() {
     let err = desired_jwt(&p, &ObservedJwt::default(), t0()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "spec.jwt[1].rotateEvery: must be longer than zero"
+        "spec.jwt[1].rotateEvery: must be at least 1h"
     );
     assert_eq!(err.reason(), "InvalidSpec");
 

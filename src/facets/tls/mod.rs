@@ -47,6 +47,11 @@ const DEFAULT_DURATION: &str = "2160h";
 const DEFAULT_RENEW_BEFORE: &str = "720h";
 /// A generated CA without renewBefore rolls over in the last fifth of its life (8760h of 43800h).
 const CA_RENEW_FRACTION: u32 = 5;
+/// Shortest lifetime of a CA or certificate: shorter ones would be renewed faster than the
+/// inventory and the clients that load them can follow.
+const MIN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest lifetime: 100 years, well inside what X.509 time encodes (the year 9999).
+const MAX_LIFETIME: Duration = Duration::from_secs(876_000 * 3600);
 /// Name of the certificate entry of the CA in the inventory and in events.
 pub const CA_INVENTORY_NAME: &str = "ca";
 
@@ -58,6 +63,13 @@ pub enum TlsError {
         field: String,
         #[source]
         source: ParseDurationError,
+    },
+    #[error("{field}: {value} is outside {min} to {max}")]
+    LifetimeOutOfRange {
+        field: String,
+        value: String,
+        min: String,
+        max: String,
     },
     #[error("{field}: renewBefore ({renew_before}) must be shorter than duration ({duration})")]
     RenewBeforeTooLong {
@@ -104,6 +116,7 @@ impl TlsError {
         match self {
             Self::InvalidDuration { .. }
             | Self::RenewBeforeTooLong { .. }
+            | Self::LifetimeOutOfRange { .. }
             | Self::UnsupportedKey { .. }
             | Self::InvalidIpAddress { .. } => "InvalidSpec",
             Self::ExistingCaMissing { .. } => "CASecretMissing",
@@ -216,6 +229,20 @@ fn duration(field: String, value: Option<&str>, default: &str) -> Result<Duratio
         .map_err(|source| TlsError::InvalidDuration { field, source })
 }
 
+/// The lifetime at `field`, refused outside one hour to 100 years.
+fn lifetime(field: String, value: Option<&str>, default: &str) -> Result<Duration, TlsError> {
+    let d = duration(field.clone(), value, default)?;
+    if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&d) {
+        return Err(TlsError::LifetimeOutOfRange {
+            field,
+            value: GoDuration(d).to_string(),
+            min: GoDuration(MIN_LIFETIME).to_string(),
+            max: GoDuration(MAX_LIFETIME).to_string(),
+        });
+    }
+    Ok(d)
+}
+
 fn check_renew_before(
     field: String,
     duration: Duration,
@@ -234,7 +261,7 @@ fn check_renew_before(
 /// The generated CA `ca` asks for, defaults applied (43800h, renewBefore a fifth of it, P-256).
 pub fn ca_request(policy_name: &str, ca: Option<&CaSpec>) -> Result<CaRequest, TlsError> {
     let field = "spec.tls.ca";
-    let lifetime = duration(
+    let lifetime = lifetime(
         format!("{field}.duration"),
         ca.and_then(|c| c.duration.as_deref()),
         DEFAULT_CA_DURATION,
@@ -267,7 +294,7 @@ pub fn leaf_request(
 ) -> Result<LeafRequest, TlsError> {
     let field = format!("spec.tls.certificates[{index}]");
     let defaults = tls.defaults.as_ref();
-    let lifetime = duration(
+    let lifetime = lifetime(
         format!("{field}.duration"),
         cert.duration
             .as_deref()
@@ -729,11 +756,13 @@ fn pkcs12_data(
         name: request.name.clone(),
         message,
     };
-    // An existing password survives re-issuance: applications may have it configured.
+    // An existing password survives re-issuance: applications may have it configured. One
+    // edited into what PKCS#12 cannot encode (BMP characters below U+FFFE) cannot protect
+    // stores and is replaced.
     let existing = observed
         .and_then(|d| d.get(KEYSTORE_PASSWORD))
         .and_then(|p| String::from_utf8(p.0.clone()).ok())
-        .filter(|p| !p.is_empty());
+        .filter(|p| !p.is_empty() && p.chars().all(|c| u32::from(c) < 0xFFFE));
     let password = match existing {
         Some(p) => Sensitive::new(p),
         None => generate_password().ok_or(TlsError::Random)?,

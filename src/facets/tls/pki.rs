@@ -126,6 +126,40 @@ pub fn key_matches(key: &KeyPair, cert: &X509Certificate<'_>) -> bool {
     key.public_key_raw() == cert.public_key().subject_public_key.data.as_ref()
 }
 
+/// True when the certificate's signature verifies with its own key, as a CA Bulwark generates
+/// always does: an edited certificate (say, another curve named in its key) does not.
+pub fn self_signed(cert: &X509Certificate<'_>) -> bool {
+    cert.issuer().as_raw() == cert.subject().as_raw() && cert.verify_signature(None).is_ok()
+}
+
+/// Signs a throwaway certificate under the CA `cert_der` with `key` and keeps nothing: proof that
+/// the certificate library can issue under this CA. It reads some certificates it cannot issue
+/// under, and panics on a few (a subject attribute it cannot encode); either way the answer is
+/// no. A CA that passed is remembered, so a resync costs no signature.
+pub fn can_issue(cert_der: &[u8], key: &KeyPair) -> bool {
+    use sha2::{Digest, Sha256};
+    use std::sync::{Mutex, OnceLock};
+    static PASSED: OnceLock<Mutex<BTreeSet<[u8; 32]>>> = OnceLock::new();
+    let passed = PASSED.get_or_init(Default::default);
+    let fingerprint: [u8; 32] = Sha256::digest(cert_der).into();
+    if passed.lock().is_ok_and(|p| p.contains(&fingerprint)) {
+        return true;
+    }
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let issuer = Issuer::from_ca_cert_der(&cert_der.into(), key).ok()?;
+        CertificateParams::default().signed_by(key, &issuer).ok()
+    }));
+    let ok = matches!(attempt, Ok(Some(_)));
+    if ok && let Ok(mut p) = passed.lock() {
+        // Bounded: a CA per policy, and far fewer policies than this.
+        if p.len() >= 100_000 {
+            p.clear();
+        }
+        p.insert(fingerprint);
+    }
+    ok
+}
+
 /// True when `issuer_der` is the certificate whose key signed `cert`.
 pub fn signed_by(cert: &X509Certificate<'_>, issuer_der: &[u8]) -> bool {
     let Some(issuer) = parse_certificate(issuer_der) else {
@@ -284,6 +318,9 @@ impl CertificateAuthority {
         }
         let key_text = String::from_utf8(key_pem.to_vec()).map_err(|_| "tls.key is not text")?;
         let chain_pem = String::from_utf8(cert_pem.to_vec()).map_err(|_| "tls.crt is not text")?;
+        if !can_issue(&first, key.expose()) {
+            return Err("tls.crt cannot be used as an issuer");
+        }
         Self::from_parts(first, chain_pem, key, Sensitive::new(key_text))
             .map_err(|_| "tls.crt cannot be used as an issuer")
     }

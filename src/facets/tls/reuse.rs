@@ -32,6 +32,8 @@ pub enum ReissueReason {
     UntrustedIssuer,
     /// The CA certificate is not a CA.
     NotCa,
+    /// The generated CA's certificate does not verify with its own key, or cannot issue.
+    UnusableCa,
     SubjectChanged,
     SansChanged,
     UsagesChanged,
@@ -54,6 +56,7 @@ impl ReissueReason {
             Self::KeyMismatch => "KeyMismatch",
             Self::UntrustedIssuer => "UntrustedIssuer",
             Self::NotCa => "NotCA",
+            Self::UnusableCa => "UnusableCA",
             Self::SubjectChanged => "SubjectChanged",
             Self::SansChanged => "SANsChanged",
             Self::UsagesChanged => "UsagesChanged",
@@ -109,15 +112,26 @@ pub fn decide_leaf(
 /// that would break every client's trust at once.
 pub fn decide_ca(observed: Option<&SecretData>, renew_before: Duration, now: Timestamp) -> Reuse {
     use ReissueReason::*;
-    with_matching_pair(observed, |cert| {
+    let decision = with_matching_pair(observed, |cert| {
         if !pki::is_ca(cert) {
             return Reuse::Reissue(NotCa);
+        }
+        if !pki::self_signed(cert) {
+            return Reuse::Reissue(UnusableCa);
         }
         if now >= renewal_time(pki::not_after(cert), renew_before) {
             return Reuse::Reissue(RenewalDue);
         }
         Reuse::Keep
-    })
+    });
+    let issues = || {
+        let data = observed?;
+        pki::CertificateAuthority::from_pem(&data.get(TLS_CRT)?.0, &data.get(TLS_KEY)?.0).ok()
+    };
+    if decision == Reuse::Keep && issues().is_none() {
+        return Reuse::Reissue(UnusableCa);
+    }
+    decision
 }
 
 /// Reads `tls.crt` and `tls.key`; hands the first certificate to `check` only when both parse
