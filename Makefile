@@ -12,7 +12,7 @@ export K8S_VERSION KUBEBUILDER_ASSETS BULWARK_K8S_VERSION
 CLUSTER_DIR := .cluster
 CRD_FILE := crds/securitypolicies.bulwark.dev.yaml
 
-.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down kafka e2e e2e-kind chaos
+.PHONY: help controlplane build cluster-up cluster-down crds lint test test-deps unit demo demo-down kafka e2e e2e-kind chaos bench cert-manager
 
 help:
 	@echo "make demo          local control plane, operator, example policy, produced objects"
@@ -25,6 +25,7 @@ help:
 	@echo "make e2e           the e2e suite against the local control plane (part of make test)"
 	@echo "make e2e-kind      the same suite on a kind cluster with the image and chart, plus live probes"
 	@echo "make chaos         fault and bad-input scenarios at full size (docs/RELIABILITY.md)"
+	@echo "make bench         performance benchmarks, side by side with cert-manager (docs/BENCHMARKS.md)"
 
 controlplane:
 	@hack/controlplane.sh >/dev/null
@@ -75,6 +76,15 @@ e2e: controlplane
 chaos: controlplane kafka
 	BULWARK_CHAOS=full PROPTEST_CASES=$${PROPTEST_CASES:-4096} cargo test --test chaos --test contested \
 	  --test hygiene --test invalid_policies --test fuzz -- --nocapture --test-threads=1
+
+# Performance benchmarks at full size against the local control plane, cert-manager's controller
+# side by side (built once, cached); rewrites the figures in docs/BENCHMARKS.md. A smoke version
+# runs in `make test`.
+cert-manager:
+	@hack/cert-manager.sh >/dev/null
+
+bench: controlplane cert-manager
+	CERT_MANAGER_DIR="$$(hack/cert-manager.sh 2>/dev/null | tail -1)" cargo bench --bench bench
 
 # The same suite on kind with the image and chart, plus live probes (needs a Docker engine).
 e2e-kind:

@@ -120,7 +120,7 @@ struct RunArgs {
     #[arg(long = "namespace", env = "BULWARK_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
     /// Policies reconciled concurrently.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 16)]
     concurrency: u16,
     /// Take a Lease before reconciling so only one replica writes.
     #[arg(long)]

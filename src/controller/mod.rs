@@ -94,7 +94,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             namespaces: Vec::new(),
-            concurrency: 4,
+            concurrency: 16,
             instance: "bulwark".into(),
             job_image: default_job_image(),
         }
@@ -258,6 +258,7 @@ pub async fn run(
                 scoped::<SecurityPolicy>(&client, ns),
                 watcher::Config::default().page_size(50),
             )
+            .modify(forget_unread_fields)
             .reflect(writer)
             .applied_objects(),
             metrics.clone(),
@@ -289,6 +290,15 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Drops what no reconcile reads from a cached policy: its managedFields (larger than the rest
+/// of the policy once status is written) and kubectl's copy of the last applied spec.
+fn forget_unread_fields(policy: &mut SecurityPolicy) {
+    policy.managed_fields_mut().clear();
+    policy
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
 /// A metadata-only watch of one kind of produced object, paced on its own.
