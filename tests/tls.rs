@@ -197,31 +197,6 @@ async fn foreign_secret_yields_conflict_and_stays_untouched() {
 }
 
 /// Verifies every leaf against the bundle with openssl, as a client holding that bundle would.
-async fn leaves_verify_against(
-    client: &kube::Client,
-    ns: &str,
-    bundle: &str,
-    dir: &std::path::Path,
-) -> Result<(), String> {
-    let bundle_file = dir.join("bundle.pem");
-    std::fs::write(&bundle_file, bundle).unwrap();
-    for leaf in ["kafka-tls", "postgres-tls", "api-tls"] {
-        let data = secret_bytes(client, ns, leaf).await;
-        let leaf_file = dir.join(format!("{leaf}.pem"));
-        std::fs::write(&leaf_file, &data["tls.crt"]).unwrap();
-        let out = Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(&bundle_file)
-            .arg(&leaf_file)
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return Err(format!("{leaf}: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_rollover_keeps_every_leaf_trusted_through_each_phase() {
     let client = client().await;

@@ -523,3 +523,30 @@ pub async fn current_job(client: &Client, ns: &str, facet: &str) -> Option<Job> 
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     jobs.get_opt(&current.name).await.ok()?
 }
+
+/// `openssl verify` of each leaf Secret of the full example against `bundle`, as a client
+/// holding that bundle would; the error names the leaf that does not verify.
+pub async fn leaves_verify_against(
+    client: &kube::Client,
+    ns: &str,
+    bundle: &str,
+    dir: &Path,
+) -> Result<(), String> {
+    let bundle_file = dir.join("bundle.pem");
+    std::fs::write(&bundle_file, bundle).unwrap();
+    for leaf in ["kafka-tls", "postgres-tls", "api-tls"] {
+        let data = secret_bytes(client, ns, leaf).await;
+        let leaf_file = dir.join(format!("{leaf}.pem"));
+        std::fs::write(&leaf_file, &data["tls.crt"]).unwrap();
+        let out = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&bundle_file)
+            .arg(&leaf_file)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(format!("{leaf}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    Ok(())
+}
