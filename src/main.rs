@@ -138,8 +138,27 @@ struct RunArgs {
     job_image: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_cli())
+}
+
+/// glibc gives each thread that allocates its own heap arena, up to eight per core, and a
+/// freed arena's pages stay resident: an operator whose work hops between runtime and blocking
+/// threads would hold several mostly empty heaps. Two arenas keep the resident set close to
+/// what is in use (see docs/BENCHMARKS.md). Must run before any other thread starts.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+async fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { api_docs: false } => print!("{}", bulwark::crd_yaml()),

@@ -62,6 +62,7 @@ pub struct Metrics {
     findings: Family<FindingLabels, Gauge>,
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
+    unchanged: Counter,
     reconcile_duration: Histogram,
     writes: Family<KindLabel, Counter>,
     managed: Family<KindLabel, Gauge>,
@@ -117,6 +118,12 @@ impl Default for Metrics {
             "Watches whose last attempt failed; above zero the API server is unreachable or refusing, and /readyz answers 503",
             watches_failing.clone(),
         );
+        let unchanged = Counter::default();
+        registry.register(
+            "reconciles_unchanged",
+            "Successful reconciliations answered from the watches: the policy and everything it produced were as the last complete reconciliation left them, so no request was sent",
+            unchanged.clone(),
+        );
         let findings = Family::<FindingLabels, Gauge>::default();
         registry.register(
             "policy_findings",
@@ -130,6 +137,7 @@ impl Default for Metrics {
             not_after,
             registry,
             reconciles,
+            unchanged,
             reconcile_duration,
             writes,
             managed,
@@ -145,6 +153,11 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    /// A successful reconcile that found nothing changed without asking the API server.
+    pub fn record_unchanged(&self) {
+        self.unchanged.inc();
     }
 
     pub fn record_watch_error(&self) {

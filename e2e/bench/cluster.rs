@@ -442,3 +442,52 @@ pub fn operator_writes(
     }
     counts
 }
+
+/// The API server's own request counts (`apiserver_request_total`), as `VERB resource` totals.
+/// Every client is counted: the operator, the control plane and the benchmark itself.
+pub async fn apiserver_requests(client: &Client) -> BTreeMap<String, f64> {
+    let request = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("metrics request");
+    let body = client
+        .request_text(request)
+        .await
+        .expect("API server metrics");
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(line[start..start + len].to_string())
+    };
+    let mut counts = BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let (Some(verb), Some(resource), Some(value)) = (
+            label(line, "verb"),
+            label(line, "resource"),
+            line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        *counts.entry(format!("{verb} {resource}")).or_default() += value;
+    }
+    counts
+}
+
+/// `after - before`, per key, leaving out what did not move.
+pub fn request_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).unwrap_or(&0.0)).round() as u64,
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}

@@ -28,7 +28,14 @@ impl Measured {
             .append(true)
             .open(log)
             .expect("operator log");
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // BULWARK_BENCH_RUST_LOG: the operator's log filter (to see why it reconciles).
+        if let Ok(filter) = std::env::var("BULWARK_BENCH_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        } else {
+            cmd.env_remove("RUST_LOG");
+        }
+        let child = cmd
             .args(["run", "--log-format", "json"])
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
@@ -36,7 +43,6 @@ impl Measured {
             .args(operator_args())
             .env("KUBECONFIG", kubeconfig)
             .env_remove("BULWARK_NAMESPACES")
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

@@ -15,7 +15,7 @@ use super::tls::ROTATION_MARK;
 use crate::api::SecurityPolicy;
 use crate::audit::ANNOTATION_PASSWORD_SET_AT;
 use crate::facets::tls::Sensitive;
-use crate::kube_io::is_produced_by;
+use crate::kube_io::{Applier, is_produced_by};
 
 #[derive(Default)]
 pub struct Existing {
@@ -38,6 +38,7 @@ pub struct Existing {
 
 /// Reads the Secrets `(owner, secret name)` and the state Secret `state_name`.
 pub async fn read_existing(
+    applier: &Applier<'_>,
     secrets: &Api<Secret>,
     policy: &SecurityPolicy,
     wanted: Vec<(String, String)>,
@@ -45,8 +46,8 @@ pub async fn read_existing(
 ) -> Result<Existing, Error> {
     let mut existing = Existing::default();
     for (owner, name) in wanted {
-        let Some(secret) = secrets
-            .get_opt(&name)
+        let Some(secret) = applier
+            .read(secrets, &name)
             .await
             .map_err(Error::kube("read credential Secret"))?
         else {
@@ -73,8 +74,8 @@ pub async fn read_existing(
             existing.passwords.insert(owner, Sensitive::new(password));
         }
     }
-    if let Some(secret) = secrets
-        .get_opt(state_name)
+    if let Some(secret) = applier
+        .read(secrets, state_name)
         .await
         .map_err(Error::kube("read credential state Secret"))?
     {

@@ -100,8 +100,8 @@ pub async fn follow_job(
             facet, status, reason, message, requeue,
         )))
     };
-    let live = jobs
-        .get_opt(&job_name)
+    let live = applier
+        .read(&jobs, &job_name)
         .await
         .map_err(Error::kube("read provisioning Job"))?;
     let live = match live {
@@ -212,6 +212,30 @@ pub async fn follow_job(
         name: job_name,
         requeue,
     })
+}
+
+/// Digest of what [`follow_job`] reads from a Job's status: its failed attempts, whether it
+/// completed or gave up, and when it completed. Other status updates change nothing it decides.
+pub fn outcome_digest(job: &Job) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let status = job.status.as_ref();
+    let condition = |t: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
+    };
+    let mut h = std::hash::DefaultHasher::new();
+    (
+        status.and_then(|s| s.failed),
+        condition("Complete"),
+        condition("Failed"),
+        status
+            .and_then(|s| s.completion_time.as_ref())
+            .map(|t| t.0.as_second()),
+        job.metadata.deletion_timestamp.is_some(),
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The newest termination message among the Job's pods: `<Reason>: <message>` from `bulwark provision`.

@@ -63,8 +63,8 @@ pub async fn reconcile_jwt(
         let mut key = ObservedJwtKey::default();
         let mut mark = None;
         let mut all_mark = None;
-        if let Some(secret) = secrets
-            .get_opt(&entry.secret_name)
+        if let Some(secret) = applier
+            .read(&secrets, &entry.secret_name)
             .await
             .map_err(Error::kube("read JWT Secret"))?
         {
@@ -77,8 +77,8 @@ pub async fn reconcile_jwt(
             }
         }
         let jwks_name = jwks_config_map_name(&entry.name);
-        if let Some(cm) = configmaps
-            .get_opt(&jwks_name)
+        if let Some(cm) = applier
+            .read(&configmaps, &jwks_name)
             .await
             .map_err(Error::kube("read JWKS ConfigMap"))?
         {
@@ -101,7 +101,9 @@ pub async fn reconcile_jwt(
     let owned_policy = policy.clone();
     let now = jiff::Timestamp::now();
     // RSA key generation is CPU-bound: keep it off the async workers.
-    let desired = tokio::task::spawn_blocking(move || desired_jwt(&owned_policy, &observed, now))
+    let rsa = super::may_generate_rsa(policy);
+    let desired = ctx
+        .build_keys(rsa, move || desired_jwt(&owned_policy, &observed, now))
         .await
         .unwrap_or(Err(JwtError::BuilderFailed));
     let desired = match desired {
@@ -209,7 +211,9 @@ where
         + serde::Serialize
         + serde::de::DeserializeOwned
         + Clone
-        + std::fmt::Debug,
+        + std::fmt::Debug
+        + Send
+        + 'static,
 {
     let kind = K::kind(&()).to_string();
     let name = object.name_any();

@@ -62,6 +62,7 @@ pub async fn reconcile_kafka(
         .map(|u| (u.name.clone(), user_secret_name(&policy_name, u)))
         .collect();
     let existing = read_existing(
+        applier,
         &secrets,
         policy,
         users.clone(),

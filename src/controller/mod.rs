@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Future, StreamExt, stream};
+use futures::{Future, StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -34,8 +34,8 @@ use tracing::Instrument;
 use crate::api::{DeletionPolicy, ManagedObject, SecurityPolicy, SecurityPolicyStatus};
 use crate::facets::network::desired_network_policies;
 use crate::kube_io::{
-    Applier, ApplyError, Contested, FIELD_MANAGER, Facet, LABEL_POLICY, RepairBudget,
-    is_produced_by, managed_selector,
+    Applier, ApplyError, Contested, FIELD_MANAGER, Facet, Kind, LABEL_POLICY, Observed,
+    RepairBudget, is_produced_by, managed_selector,
 };
 use crate::telemetry::Metrics;
 use status::{ConditionStatus, FacetReport};
@@ -114,6 +114,12 @@ pub struct Context {
     pub job_image: String,
     /// How often each produced object was restored lately; bounds fights with other writers.
     pub repairs: RepairBudget,
+    /// What the watches say about produced objects, and what each policy's last complete
+    /// reconcile verified.
+    pub observed: Observed,
+    /// Key builds that may generate RSA keys (seconds of CPU each) run one fewer at a time than
+    /// there are cores, so a burst of them leaves a core to the runtime and to everything else.
+    rsa_lane: tokio::sync::Semaphore,
     failures: Mutex<HashMap<String, u32>>,
     managed: Mutex<BTreeMap<String, BTreeMap<&'static str, i64>>>,
     certificates: Mutex<BTreeMap<(String, String), Vec<String>>>,
@@ -131,6 +137,8 @@ impl Context {
             metrics,
             job_image,
             repairs: RepairBudget::default(),
+            observed: Observed::default(),
+            rsa_lane: tokio::sync::Semaphore::new(rsa_lane_width()),
             failures: Mutex::new(HashMap::new()),
             managed: Mutex::new(BTreeMap::new()),
             certificates: Mutex::new(BTreeMap::new()),
@@ -221,6 +229,55 @@ pub(crate) fn stamp_password_set_at(
     }
 }
 
+/// Key builds that may generate RSA keys at once: one fewer than the cores, at least one.
+fn rsa_lane_width() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1)
+}
+
+impl Context {
+    /// Runs a key build on the blocking pool; one that may generate an RSA key (`rsa`) first
+    /// waits for a place in the RSA lane. ECDSA and Ed25519 builds (well under a millisecond)
+    /// never queue behind RSA ones.
+    pub(crate) async fn build_keys<T: Send + 'static>(
+        &self,
+        rsa: bool,
+        build: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let _place = if rsa {
+            Some(
+                self.rsa_lane
+                    .acquire()
+                    .await
+                    .expect("the RSA lane is never closed"),
+            )
+        } else {
+            None
+        };
+        tokio::task::spawn_blocking(build).await
+    }
+}
+
+/// Whether building `policy`'s keys may generate an RSA key (a CA, a certificate or a JWT key).
+pub(crate) fn may_generate_rsa(policy: &SecurityPolicy) -> bool {
+    use crate::api::{JwtAlgorithm, KeyAlgorithm, PrivateKeySpec};
+    let rsa = |k: Option<&PrivateKeySpec>| k.is_some_and(|k| k.algorithm == KeyAlgorithm::Rsa);
+    let tls = policy.spec.tls.as_ref().is_some_and(|tls| {
+        rsa(tls.ca.as_ref().and_then(|c| c.private_key.as_ref()))
+            || rsa(tls.defaults.as_ref().and_then(|d| d.private_key.as_ref()))
+            || tls.certificates.iter().any(|c| rsa(c.private_key.as_ref()))
+    });
+    let jwt = policy
+        .spec
+        .jwt
+        .iter()
+        .flatten()
+        .any(|k| k.algorithm == JwtAlgorithm::RS256);
+    tls || jwt
+}
+
 /// Delay after the `failures`-th consecutive failure of one policy.
 pub fn backoff_for(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(6);
@@ -260,14 +317,23 @@ pub async fn run(
             )
             .modify(forget_unread_fields)
             .reflect(writer)
-            .applied_objects(),
+            .applied_objects()
+            .try_filter({
+                let ctx = ctx.clone();
+                move |p| futures::future::ready(!ctx.observed.is_own_write(None, p.meta()))
+            }),
             metrics.clone(),
         );
         Controller::for_stream(policies, store)
-            .owns_stream(owned::<NetworkPolicy>(&client, ns, &children, metrics))
-            .owns_stream(owned::<Secret>(&client, ns, &children, metrics))
-            .owns_stream(owned::<ConfigMap>(&client, ns, &children, metrics))
-            .owns_stream(owned::<Job>(&client, ns, &children, metrics))
+            .owns_stream(owned::<NetworkPolicy>(
+                &ctx,
+                ns,
+                &children,
+                Kind::NetworkPolicy,
+            ))
+            .owns_stream(owned::<Secret>(&ctx, ns, &children, Kind::Secret))
+            .owns_stream(owned::<ConfigMap>(&ctx, ns, &children, Kind::ConfigMap))
+            .owns_stream(owned_jobs(&ctx, ns, &children))
             .with_config(controller::Config::default().concurrency(settings.concurrency))
             .trigger_backoff(NoPause)
             .graceful_shutdown_on(shutdown.clone())
@@ -301,12 +367,13 @@ fn forget_unread_fields(policy: &mut SecurityPolicy) {
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
-/// A metadata-only watch of one kind of produced object, paced on its own.
+/// A metadata-only watch of one kind of produced object, paced on its own; what it sees is
+/// also kept in [`Context::observed`], and the echoes of our own writes trigger nothing.
 fn owned<K>(
-    client: &Client,
+    ctx: &Arc<Context>,
     ns: Option<&str>,
     config: &watcher::Config,
-    metrics: &Arc<Metrics>,
+    kind: Kind,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -316,10 +383,47 @@ where
         + Sync
         + 'static,
 {
-    let api = scoped::<PartialObjectMeta<K>>(client, ns);
+    let api = scoped::<PartialObjectMeta<K>>(&ctx.client, ns);
+    triggering(ctx, watcher(api, config.clone()), kind, |_| None)
+}
+
+/// The watch of the provisioning Jobs, in full: the Job controller updates a running Job's
+/// status several times, and only a change of its outcome (what [`job::follow_job`] reads)
+/// triggers a reconcile.
+fn owned_jobs(
+    ctx: &Arc<Context>,
+    ns: Option<&str>,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + 'static {
+    let api = scoped::<Job>(&ctx.client, ns);
+    triggering(ctx, watcher(api, config.clone()), Kind::Job, |job| {
+        Some(job::outcome_digest(job))
+    })
+}
+
+/// Feeds `watch` into [`Context::observed`] and keeps only the objects whose event should
+/// trigger a reconcile of their policy; paced on its own.
+fn triggering<K>(
+    ctx: &Arc<Context>,
+    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    kind: Kind,
+    digest: fn(&K) -> Option<u64>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + Send + 'static,
+{
+    let seen = ctx.clone();
     paced(
-        watcher(api, config.clone()).touched_objects(),
-        metrics.clone(),
+        watch
+            .filter(move |event| {
+                let keep = match event {
+                    Ok(event) => seen.observed.watch_event(kind, event, digest),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            })
+            .touched_objects(),
+        ctx.metrics.clone(),
     )
 }
 
@@ -371,9 +475,38 @@ fn error_policy(policy: Arc<SecurityPolicy>, error: &Error, ctx: Arc<Context>) -
 }
 
 async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    // The watches are the only source of "nothing changed": while one fails, ask the server.
+    let watched = ctx.metrics.watches_failing() == 0;
+    if watched {
+        match ctx.observed.why_look(policy, started) {
+            Ok(wait) => {
+                ctx.metrics.record_unchanged();
+                return Ok(wait.map_or_else(Action::await_change, Action::requeue));
+            }
+            Err(why) => tracing::debug!(policy = %policy.name_any(), why, "complete reconcile"),
+        }
+    }
+    let previous = ctx.observed.unsettle(policy);
+    // Our last status write may not be in the cache yet: build on it, not on what it replaced.
+    let caught_up;
+    let policy = match ctx.observed.unseen_status(policy) {
+        Some(status) => {
+            let mut p = policy.clone();
+            p.status = Some(status);
+            caught_up = p;
+            &caught_up
+        }
+        None => policy,
+    };
     let ns = policy.namespace().unwrap_or_default();
     ctx.repairs.prune(std::time::Instant::now());
     let applier = Applier::new(policy, &ctx.metrics, &ctx.repairs);
+    let applier = if watched {
+        applier.with_observed(&ctx.observed, previous)
+    } else {
+        applier
+    };
     let mut reports = Vec::new();
     let mut managed_objects = Vec::new();
     // A facet whose Secret names cannot be used is reported and left alone, as if absent.
@@ -536,6 +669,14 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         earliest(recheck.then_some(Duration::from_secs(15)), until_renewal),
         job_requeue,
     );
+    if watched && let Some(verified) = applier.verified() {
+        ctx.observed.settle(
+            policy,
+            verified,
+            requeue.map(|d| Instant::now() + d),
+            started,
+        );
+    }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
@@ -711,17 +852,28 @@ async fn write_status(
         "kind": SecurityPolicy::kind(&()),
         "status": next,
     });
-    api.patch_status(
-        &policy.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("write status"))?;
+    let written = api
+        .patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write status"))?;
+    ctx.observed.wrote_status(&written);
     ctx.metrics.record_write("SecurityPolicyStatus");
 
     let reference = policy.object_ref(&());
-    for changed in status::transitions(&previous.conditions, &next.conditions) {
+    // A new policy's first status: its Ready event names the facets that are not ready yet, and
+    // each warning (other than a Job still running) has its own. An event per condition follows
+    // each later change.
+    let first = previous.conditions.is_empty();
+    for changed in status::transitions(&previous.conditions, &next.conditions)
+        .into_iter()
+        .filter(|c| {
+            !first || c.type_ == "Ready" || (c.status == "False" && c.reason != "JobRunning")
+        })
+    {
         let event = KubeEvent {
             type_: if changed.status == "False" {
                 EventType::Warning
@@ -817,6 +969,7 @@ async fn cleanup(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error
         }
     }
     ctx.record_managed(format!("{ns}/{name}"), None);
+    ctx.observed.forget(policy);
     ctx.record_certificates(&ns, &name, &[]);
     ctx.metrics.remove_policy_findings(&ns, &name);
     tracing::info!(policy = %name, deletion_policy = ?policy.spec.deletion_policy, "cleaned up");
@@ -826,6 +979,21 @@ async fn cleanup(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsa_keys_anywhere_in_the_spec_take_the_rsa_lane() {
+        let ecdsa = "tiers: {}\ntls: {certificates: [{name: api, secretName: api-tls, dnsNames: [api]}]}\njwt: [{name: api, secretName: api-jwt}]";
+        assert!(!may_generate_rsa(&crate::facets::test_policy(ecdsa)));
+        for rsa in [
+            "tiers: {}\ntls: {defaults: {privateKey: {algorithm: RSA}}, certificates: []}",
+            "tiers: {}\ntls: {ca: {privateKey: {algorithm: RSA}}, certificates: []}",
+            "tiers: {}\ntls: {certificates: [{name: api, secretName: api-tls, dnsNames: [api], privateKey: {algorithm: RSA, size: 3072}}]}",
+            "tiers: {}\njwt: [{name: api, secretName: api-jwt, algorithm: RS256}]",
+        ] {
+            assert!(may_generate_rsa(&crate::facets::test_policy(rsa)), "{rsa}");
+        }
+        assert!(rsa_lane_width() >= 1);
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

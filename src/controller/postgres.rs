@@ -64,6 +64,7 @@ pub async fn reconcile_postgres(
         .map(|r| (r.name.clone(), role_secret_name(&policy_name, r)))
         .collect();
     let existing = read_existing(
+        applier,
         &secrets,
         policy,
         roles.clone(),

@@ -72,8 +72,8 @@ pub async fn reconcile_tls(
     let mut ca_annotations: Option<BTreeMap<String, String>> = None;
     let ca_name = byo_ca.clone().or_else(|| ca_secret_name(policy));
     if let Some(name) = ca_name
-        && let Some(secret) = secrets
-            .get_opt(&name)
+        && let Some(secret) = applier
+            .read(&secrets, &name)
             .await
             .map_err(Error::kube("read CA Secret"))?
     {
@@ -88,8 +88,8 @@ pub async fn reconcile_tls(
     let mut leaf_marks: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut leaf_all_marks: BTreeMap<String, Option<String>> = BTreeMap::new();
     for cert in &tls.certificates {
-        if let Some(secret) = secrets
-            .get_opt(&cert.secret_name)
+        if let Some(secret) = applier
+            .read(&secrets, &cert.secret_name)
             .await
             .map_err(Error::kube("read certificate Secret"))?
         {
@@ -163,21 +163,23 @@ pub async fn reconcile_tls(
     let owned_policy = policy.clone();
     let now = jiff::Timestamp::now();
     // Key generation (RSA especially) is CPU-bound: keep it off the async workers.
-    let desired = tokio::task::spawn_blocking(move || {
-        let observed = ObservedTls {
-            ca: observed_ca.as_ref(),
-            leaves: observed_leaves
-                .iter()
-                .map(|(k, v)| (k.clone(), v))
-                .collect(),
-            rotate_leaves,
-            ca_annotations: ca_annotations.as_ref(),
-            rotate_ca,
-            rollover,
-        };
-        desired_tls(&owned_policy, &observed, now)
-    })
-    .await;
+    let rsa = super::may_generate_rsa(policy);
+    let desired = ctx
+        .build_keys(rsa, move || {
+            let observed = ObservedTls {
+                ca: observed_ca.as_ref(),
+                leaves: observed_leaves
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v))
+                    .collect(),
+                rotate_leaves,
+                ca_annotations: ca_annotations.as_ref(),
+                rotate_ca,
+                rollover,
+            };
+            desired_tls(&owned_policy, &observed, now)
+        })
+        .await;
     let Ok(desired) = desired else {
         // A panic in the certificate library on a CA's content (a certificate it parses but
         // cannot issue from) must not take the operator down: it is a condition like any other.
@@ -268,21 +270,33 @@ pub async fn reconcile_tls(
         Err(e) => return Err(e.into()),
     }
 
-    let reference = policy.object_ref(&());
-    for issued in &desired.issued {
+    // One event names every certificate this reconcile issued: a new policy's CA and leaves
+    // are one record, not a series whose later notes the API server would fold away.
+    if !desired.issued.is_empty() {
+        let issued: Vec<String> = desired
+            .issued
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} (Secret {}): {}",
+                    i.name,
+                    i.secret_name,
+                    i.reason.as_str()
+                )
+            })
+            .collect();
         let event = KubeEvent {
             type_: EventType::Normal,
             reason: "Issued".into(),
-            note: Some(format!(
-                "certificate {} (Secret {}) issued: {}",
-                issued.name,
-                issued.secret_name,
-                issued.reason.as_str()
-            )),
+            note: Some(truncate_note(format!(
+                "issued {} certificate(s): {}",
+                issued.len(),
+                issued.join("; ")
+            ))),
             action: "Issue".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
             tracing::warn!(error = %e, "could not record event");
         }
     }
@@ -410,4 +424,18 @@ fn managed_object(kind: &str, name: &str) -> ManagedObject {
         name: name.into(),
         facet: Facet::Tls.label().into(),
     }
+}
+
+/// An Event's note is at most 1 KiB; a long list of issued certificates is cut at a character
+/// boundary and says so.
+fn truncate_note(note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() <= MAX {
+        return note;
+    }
+    let mut end = MAX - 4;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ...", &note[..end])
 }

@@ -1,11 +1,13 @@
-use std::collections::BTreeSet;
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{DeleteParams, GetParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Api, Resource, ResourceExt};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -14,6 +16,7 @@ use sha2::{Digest, Sha256};
 use super::meta::{
     ANNOTATION_DESIRED_HASH, FIELD_MANAGER, Facet, LABEL_FACET, is_produced_by, produced_selector,
 };
+use super::observed::{Kind, ObjectKey, Observed, Verified};
 use super::repair::RepairBudget;
 use crate::api::SecurityPolicy;
 use crate::telemetry::Metrics;
@@ -58,12 +61,26 @@ pub enum ApplyError {
 }
 
 /// Writes produced objects with forced server-side apply, and only when they differ from the live object.
+///
+/// One applier serves one reconcile. It remembers what the reconcile read (so applying an object
+/// just read needs no second read) and the resource version of every produced object it read or
+/// verified, for [`Observed`] to let the next reconcile skip what has not changed since.
 pub struct Applier<'a> {
     pub policy: &'a SecurityPolicy,
     pub metrics: &'a Metrics,
     pub repairs: &'a RepairBudget,
     /// Objects whose repair was deferred during this reconcile.
     pub contested: Mutex<Vec<Contested>>,
+    observed: Option<&'a Observed>,
+    /// What the previous complete reconcile verified.
+    previous: HashMap<ObjectKey, Verified>,
+    verified: Mutex<HashMap<ObjectKey, Verified>>,
+    /// Objects read during this reconcile and not yet applied (None: absent).
+    reads: Mutex<HashMap<ObjectKey, Box<dyn Any + Send>>>,
+    /// Objects read absent; the reconcile is only complete if each was then created.
+    absent: Mutex<HashSet<ObjectKey>>,
+    /// Something this reconcile depends on is not watched (an object of someone else's).
+    unwatched: AtomicBool,
 }
 
 impl<'a> Applier<'a> {
@@ -77,7 +94,118 @@ impl<'a> Applier<'a> {
             metrics,
             repairs,
             contested: Mutex::new(Vec::new()),
+            observed: None,
+            previous: HashMap::new(),
+            verified: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
+            absent: Mutex::new(HashSet::new()),
+            unwatched: AtomicBool::new(false),
         }
+    }
+
+    /// Lets this applier skip reads the watches show are unnecessary: `previous` is what the
+    /// last complete reconcile of the policy verified.
+    pub fn with_observed(
+        mut self,
+        observed: &'a Observed,
+        previous: HashMap<ObjectKey, Verified>,
+    ) -> Self {
+        self.observed = Some(observed);
+        self.previous = previous;
+        self
+    }
+
+    /// What this reconcile verified, when everything it depends on is watched: each produced
+    /// object it read or applied, with its resource version. None when the policy depends on an
+    /// object of someone else's, or on one that does not exist yet.
+    pub fn verified(&self) -> Option<HashMap<ObjectKey, Verified>> {
+        let verified = self.verified.lock().expect("verified lock").clone();
+        let absent = self.absent.lock().expect("absent lock");
+        let complete = !self.unwatched.load(Ordering::Relaxed)
+            && absent.iter().all(|k| verified.contains_key(k))
+            && self.contested.lock().expect("contested lock").is_empty();
+        complete.then_some(verified)
+    }
+
+    fn verify(&self, key: ObjectKey, resource_version: Option<&str>, hash: Option<&str>) {
+        let Some(rv) = resource_version else { return };
+        let mut verified = self.verified.lock().expect("verified lock");
+        let entry = verified.entry(key).or_insert_with(|| Verified {
+            resource_version: rv.to_string(),
+            desired_hash: None,
+        });
+        entry.resource_version = rv.to_string();
+        if let Some(hash) = hash {
+            entry.desired_hash = Some(hash.to_string());
+        }
+    }
+
+    /// Reads a produced object (or the object a policy names, such as a CA you bring) for a
+    /// facet to build on; a later [`apply`](Self::apply) of the same object reuses the read.
+    pub async fn read<K>(&self, api: &Api<K>, name: &str) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + 'static,
+    {
+        let live = self.get(api, name).await?;
+        let Some(kind) = Kind::from_name(&K::kind(&())) else {
+            self.unwatched.store(true, Ordering::Relaxed);
+            return Ok(live);
+        };
+        let key = (kind, name.to_string());
+        match &live {
+            Some(obj) if is_produced_by(obj.meta(), self.policy) => {
+                self.verify(key.clone(), obj.meta().resource_version.as_deref(), None);
+            }
+            Some(_) => self.unwatched.store(true, Ordering::Relaxed),
+            None => {
+                self.absent.lock().expect("absent lock").insert(key.clone());
+            }
+        }
+        self.reads
+            .lock()
+            .expect("reads lock")
+            .insert(key, Box::new(live.clone()));
+        Ok(live)
+    }
+
+    /// Reads one object. When the watches know the produced object's resource version, the
+    /// API server answers from its watch cache with a version at least that new (the cache
+    /// feeds those very watches, so it is never behind them); otherwise from etcd.
+    async fn get<K>(&self, api: &Api<K>, name: &str) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    {
+        let known = self
+            .observed
+            .zip(Kind::from_name(&K::kind(&())))
+            .and_then(|(observed, kind)| observed.resource_version(self.policy, kind, name));
+        let Some(rv) = known else {
+            return api.get_opt(name).await;
+        };
+        match api.get_with(name, &GetParams::at(&rv)).await {
+            Ok(obj) => Ok(Some(obj)),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The object as this reconcile last read it, if it did and has not applied it since.
+    fn take_read<K: 'static>(&self, key: &ObjectKey) -> Option<Option<K>> {
+        let read = self.reads.lock().expect("reads lock").remove(key)?;
+        read.downcast::<Option<K>>().ok().map(|b| *b)
+    }
+
+    /// True when the watches show the object at the resource version the previous complete
+    /// reconcile verified against this same desired state: it is unchanged, no read needed.
+    fn verified_unchanged(&self, key: &ObjectKey, hash: &str) -> Option<String> {
+        let previous = self.previous.get(key)?;
+        if previous.desired_hash.as_deref() != Some(hash) {
+            return None;
+        }
+        let rv = self
+            .observed?
+            .resource_version(self.policy, key.0, &key.1)?;
+        (rv == previous.resource_version).then_some(rv)
     }
 
     /// The objects whose repair was deferred so far.
@@ -88,7 +216,13 @@ impl<'a> Applier<'a> {
     /// Applies `desired` unless the live object already matches it; refuses objects that are not ours.
     pub async fn apply<K>(&self, api: &Api<K>, mut desired: K) -> Result<ApplyOutcome, ApplyError>
     where
-        K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+        K: Resource<DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug
+            + Send
+            + 'static,
     {
         let kind = K::kind(&()).to_string();
         let name = desired.name_any();
@@ -103,10 +237,24 @@ impl<'a> Applier<'a> {
             source: Box::new(source),
         };
 
-        let live = api.get_opt(&name).await.map_err(|e| api_err("get", e))?;
+        let key = Kind::from_name(&kind).map(|k| (k, name.clone()));
+        let read = key.as_ref().and_then(|k| self.take_read::<K>(k));
+        let live = match read {
+            Some(live) => live,
+            None => {
+                if let Some(key) = &key
+                    && let Some(rv) = self.verified_unchanged(key, &hash)
+                {
+                    self.verify(key.clone(), Some(&rv), Some(&hash));
+                    return Ok(ApplyOutcome::Unchanged);
+                }
+                self.get(api, &name).await.map_err(|e| api_err("get", e))?
+            }
+        };
         let outcome = match &live {
             None => ApplyOutcome::Created,
             Some(live) if !is_produced_by(live.meta(), self.policy) => {
+                self.unwatched.store(true, Ordering::Relaxed);
                 return Err(ApplyError::Conflict { kind, name });
             }
             Some(live) => {
@@ -115,6 +263,9 @@ impl<'a> Applier<'a> {
                 let desired_json =
                     serde_json::to_value(&desired).expect("Kubernetes objects serialize");
                 if same_hash && is_subset(&desired_json, &live_json) {
+                    if let Some(key) = key {
+                        self.verify(key, live.meta().resource_version.as_deref(), Some(&hash));
+                    }
                     return Ok(ApplyOutcome::Unchanged);
                 }
                 // A repair undoes someone else's change: the live object still carries the hash
@@ -154,10 +305,17 @@ impl<'a> Applier<'a> {
             }
         };
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(&name, &params, &Patch::Apply(&desired))
+        let written = api
+            .patch(&name, &params, &Patch::Apply(&desired))
             .await
             .map_err(|e| api_err("apply", e))?;
         self.metrics.record_write(&kind);
+        if let Some(key) = key {
+            if let Some(observed) = self.observed {
+                observed.wrote(Some(key.0), written.meta());
+            }
+            self.verify(key, written.meta().resource_version.as_deref(), Some(&hash));
+        }
         Ok(outcome)
     }
 
@@ -172,6 +330,11 @@ impl<'a> Applier<'a> {
         K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
         let kind = K::kind(&()).to_string();
+        if let (Some(observed), Some(k)) = (self.observed, Kind::from_name(&kind))
+            && observed.nothing_stale(self.policy, k, facet, keep)
+        {
+            return Ok(Vec::new());
+        }
         let selector = produced_selector(&self.policy.name_any(), facet);
         let listed = api
             .list_metadata(&ListParams::default().labels(&selector))
@@ -205,6 +368,12 @@ impl<'a> Applier<'a> {
                 }
             }
             self.metrics.record_write(&kind);
+            if let Some(k) = Kind::from_name(&kind) {
+                self.verified
+                    .lock()
+                    .expect("verified lock")
+                    .remove(&(k, name.clone()));
+            }
             deleted.push(name);
         }
         Ok(deleted)

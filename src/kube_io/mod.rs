@@ -2,8 +2,10 @@
 
 mod apply;
 mod meta;
+mod observed;
 mod repair;
 
 pub use apply::{Applier, ApplyError, ApplyOutcome, Contested, desired_hash, is_subset};
 pub use meta::*;
+pub use observed::{Kind, Observed, SETTLED_FOR};
 pub use repair::{FREE_REPAIRS, RepairBudget};
