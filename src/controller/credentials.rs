@@ -45,12 +45,22 @@ pub async fn read_existing(
     state_name: &str,
 ) -> Result<Existing, Error> {
     let mut existing = Existing::default();
-    for (owner, name) in wanted {
-        let Some(secret) = applier
-            .read(secrets, &name)
+    // Every credential Secret and the state Secret are read side by side.
+    let reads = futures::future::try_join_all(wanted.iter().map(|(_, name)| async {
+        applier
+            .read(secrets, name)
             .await
-            .map_err(Error::kube("read credential Secret"))?
-        else {
+            .map_err(Error::kube("read credential Secret"))
+    }));
+    let state_read = async {
+        applier
+            .read(secrets, state_name)
+            .await
+            .map_err(Error::kube("read credential state Secret"))
+    };
+    let (read, state) = futures::future::try_join(reads, state_read).await?;
+    for ((owner, name), secret) in wanted.into_iter().zip(read) {
+        let Some(secret) = secret else {
             continue;
         };
         if !is_produced_by(&secret.metadata, policy) {
@@ -74,11 +84,7 @@ pub async fn read_existing(
             existing.passwords.insert(owner, Sensitive::new(password));
         }
     }
-    if let Some(secret) = applier
-        .read(secrets, state_name)
-        .await
-        .map_err(Error::kube("read credential state Secret"))?
-    {
+    if let Some(secret) = state {
         if is_produced_by(&secret.metadata, policy) {
             existing.state_all_mark = secret.annotations().get(ROTATE_ALL_MARK).cloned();
             existing.state = secret.data;

@@ -157,7 +157,7 @@ pub async fn reconcile_jwt(
                 action: "Rotate".into(),
                 secondary: None,
             };
-            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            if let Err(e) = ctx.recorder().publish(&event, &reference).await {
                 tracing::warn!(error = %e, "could not record event");
             }
         }

@@ -109,7 +109,8 @@ pub fn default_job_image() -> String {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Who the operator's Events say reported them.
+    reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub job_image: String,
     /// How often each produced object was restored lately; bounds fights with other writers.
@@ -132,7 +133,7 @@ impl Context {
             instance: Some(instance),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             job_image,
@@ -143,6 +144,14 @@ impl Context {
             managed: Mutex::new(BTreeMap::new()),
             certificates: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// A recorder for the Events of one reconcile. kube's recorder folds every later Event of
+    /// the same reason about the same object into a series of the first one's note, for six
+    /// minutes, and keeps each Event it sent in memory for as long: one recorder per reconcile
+    /// keeps every transition's own note and holds nothing afterwards.
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
     /// Exponential backoff per policy: 5 s, 10 s, 20 s ... capped at 5 minutes.
@@ -442,6 +451,16 @@ async fn reconcile(policy: Arc<SecurityPolicy>, ctx: Arc<Context>) -> Result<Act
     let ns = policy.namespace().unwrap_or_default();
     let api: Api<SecurityPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let span = tracing::info_span!("reconcile", policy = %policy.name_any(), namespace = %ns);
+    let policy = match with_finalizer(&api, policy, &ctx).await {
+        Ok(Some(policy)) => policy,
+        // Our copy of the policy is behind the server's: the newer version's event follows.
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => {
+            ctx.metrics
+                .record_reconcile(e.metric_label(), started.elapsed());
+            return Err(e);
+        }
+    };
     let result = finalizer(&api, FINALIZER, policy.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(p) => apply(&p, &ctx).await,
@@ -466,6 +485,46 @@ async fn reconcile(policy: Arc<SecurityPolicy>, ctx: Arc<Context>) -> Result<Act
         ctx.clear_failures(&policy.uid().unwrap_or_default());
     }
     result
+}
+
+/// Adds the finalizer to a policy that lacks it and is not being deleted, and hands back the
+/// policy as written, so the same reconcile goes on to apply it (kube's helper would add it and
+/// wait for that write's echo to come back as a second reconcile). None when the policy changed
+/// on the server since it was cached: its newer version's event is on its way.
+async fn with_finalizer(
+    api: &Api<SecurityPolicy>,
+    policy: Arc<SecurityPolicy>,
+    ctx: &Context,
+) -> Result<Option<Arc<SecurityPolicy>>, Error> {
+    if policy.meta().deletion_timestamp.is_some()
+        || policy.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        return Ok(Some(policy));
+    }
+    let mut finalizers = policy.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    // The resourceVersion makes the merge patch conditional: the list is replaced only if no
+    // one changed the policy since.
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": policy.resource_version(),
+    }});
+    match api
+        .patch(
+            &policy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(mut written) => {
+            ctx.observed.wrote(None, written.meta());
+            forget_unread_fields(&mut written);
+            Ok(Some(Arc::new(written)))
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+        Err(e) => Err(Error::kube("add finalizer")(e)),
+    }
 }
 
 fn error_policy(policy: Arc<SecurityPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -888,7 +947,7 @@ async fn write_status(
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(e) = ctx.recorder().publish(&event, &reference).await {
             tracing::warn!(error = %e, "could not record event");
         }
     }

@@ -308,7 +308,11 @@ pub async fn record_transition(
         action: "Rotate".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+    if let Err(e) = ctx
+        .recorder()
+        .publish(&event, &policy.object_ref(&()))
+        .await
+    {
         tracing::warn!(error = %e, "could not record event");
     }
 }
