@@ -300,17 +300,20 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        settings.instance.clone(),
-        settings.job_image.clone(),
-    ));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
+    let mut ctx = Context::new(
+        client.clone(),
+        metrics,
+        settings.instance.clone(),
+        settings.job_image.clone(),
+    );
+    // Each kind is watched once per scope; all of them must have listed.
+    ctx.observed = Observed::scoped(&scopes);
+    let ctx = Arc::new(ctx);
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let children = watcher::Config::default()
         .labels(&managed_selector())
@@ -393,7 +396,7 @@ where
         + 'static,
 {
     let api = scoped::<PartialObjectMeta<K>>(&ctx.client, ns);
-    triggering(ctx, watcher(api, config.clone()), kind, |_| None)
+    triggering(ctx, ns, watcher(api, config.clone()), kind, |_| None)
 }
 
 /// The watch of the provisioning Jobs, in full: the Job controller updates a running Job's
@@ -405,7 +408,7 @@ fn owned_jobs(
     config: &watcher::Config,
 ) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + 'static {
     let api = scoped::<Job>(&ctx.client, ns);
-    triggering(ctx, watcher(api, config.clone()), Kind::Job, |job| {
+    triggering(ctx, ns, watcher(api, config.clone()), Kind::Job, |job| {
         Some(job::outcome_digest(job))
     })
 }
@@ -414,6 +417,7 @@ fn owned_jobs(
 /// trigger a reconcile of their policy; paced on its own.
 fn triggering<K>(
     ctx: &Arc<Context>,
+    ns: Option<&str>,
     watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     kind: Kind,
     digest: fn(&K) -> Option<u64>,
@@ -422,11 +426,14 @@ where
     K: Resource + Clone + Send + 'static,
 {
     let seen = ctx.clone();
+    let scope = ns.map(str::to_string);
     paced(
         watch
             .filter(move |event| {
                 let keep = match event {
-                    Ok(event) => seen.observed.watch_event(kind, event, digest),
+                    Ok(event) => seen
+                        .observed
+                        .watch_event(kind, scope.as_deref(), event, digest),
                     Err(_) => true,
                 };
                 futures::future::ready(keep)

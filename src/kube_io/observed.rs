@@ -93,9 +93,13 @@ struct Bucket {
 #[derive(Default)]
 struct State {
     buckets: HashMap<(Box<str>, Box<str>), Bucket>,
-    /// Per kind: objects listed since the watch (re)started, while a list is under way.
-    relisting: [Option<Vec<ListKey>>; Kind::COUNT],
-    listed: [bool; Kind::COUNT],
+    /// What the operator watches: all namespaces (None) or each of a list; every kind has one
+    /// watch per scope.
+    scopes: Vec<Option<Box<str>>>,
+    /// Per watch (kind, scope): objects listed since it (re)started, while a list is under way.
+    relisting: HashMap<(Kind, usize), Vec<ListKey>>,
+    /// The watches that have listed at least once.
+    listed: HashSet<(Kind, usize)>,
     /// Writes of ours whose watch event has not come back yet: (kind, None for a policy's
     /// status; namespace, name, resource version).
     own_writes: HashSet<OwnWrite>,
@@ -131,9 +135,15 @@ type OwnWrite = (Option<Kind>, Box<str>, Box<str>, Box<str>);
 const OWN_WRITES_MAX: usize = 65_536;
 
 /// Shared by the watches (which feed it) and every reconcile (which reads it).
-#[derive(Default)]
 pub struct Observed {
     state: Mutex<State>,
+}
+
+impl Default for Observed {
+    /// One scope: all namespaces.
+    fn default() -> Self {
+        Self::scoped(&[None])
+    }
 }
 
 fn hash_of(value: impl Hash) -> u64 {
@@ -173,6 +183,20 @@ fn owner_hash(meta: &ObjectMeta) -> Option<u64> {
 }
 
 impl Observed {
+    /// Watches of each kind in each of `scopes` (None: all namespaces) will report.
+    pub fn scoped(scopes: &[Option<String>]) -> Self {
+        let state = State {
+            scopes: scopes
+                .iter()
+                .map(|s| s.as_deref().map(Into::into))
+                .collect(),
+            ..State::default()
+        };
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
     /// Takes in one event of the watch of `kind`; returns whether it should trigger a reconcile
     /// of the object's policy. It should not when it is the echo of a write of ours, or when
     /// `digest` (of what a reconcile reads from such an object; None: everything) is unchanged.
@@ -180,19 +204,20 @@ impl Observed {
     pub fn watch_event<K: Resource>(
         &self,
         kind: Kind,
+        scope: Option<&str>,
         event: &watcher::Event<K>,
         digest: impl Fn(&K) -> Option<u64>,
     ) -> bool {
         let mut state = self.state.lock().expect("observed lock");
-        let k = kind as usize;
+        let watch = (kind, state.scope_index(scope));
         match event {
             watcher::Event::Init => {
-                state.relisting[k] = Some(Vec::new());
+                state.relisting.insert(watch, Vec::new());
                 true
             }
             watcher::Event::InitApply(obj) => {
                 if let Some((key, _)) = state.upsert(kind, obj.meta(), digest(obj))
-                    && let Some(listed) = state.relisting[k].as_mut()
+                    && let Some(listed) = state.relisting.get_mut(&watch)
                 {
                     listed.push(key);
                 }
@@ -201,19 +226,23 @@ impl Observed {
             watcher::Event::InitDone => {
                 // A write whose event the relist replaced will not come back as an event.
                 state.own_writes.retain(|(kd, ..)| *kd != Some(kind));
-                let listed: std::collections::HashSet<_> = state.relisting[k]
-                    .take()
+                let listed: HashSet<_> = state
+                    .relisting
+                    .remove(&watch)
                     .unwrap_or_default()
                     .into_iter()
                     .collect();
-                // Objects deleted while the watch was away are gone from the list.
+                // Objects of this watch's scope deleted while it was away are gone from the list.
                 state.buckets.retain(|(ns, policy), bucket| {
+                    if scope.is_some_and(|s| s != &**ns) {
+                        return true;
+                    }
                     bucket.objects.retain(|(kd, name), _| {
                         *kd != kind || listed.contains(&(ns.clone(), policy.clone(), name.clone()))
                     });
                     !bucket.objects.is_empty() || bucket.settled.is_some()
                 });
-                state.listed[k] = true;
+                state.listed.insert(watch);
                 true
             }
             watcher::Event::Apply(obj) => {
@@ -315,7 +344,7 @@ impl Observed {
 
     /// True when every watch has listed and none is relisting.
     fn synced(state: &State) -> bool {
-        state.listed.iter().all(|l| *l) && state.relisting.iter().all(Option::is_none)
+        state.listed.len() >= Kind::COUNT * state.scopes.len() && state.relisting.is_empty()
     }
 
     /// How long until the policy's last complete reconcile asked to look again, when nothing it
@@ -480,6 +509,18 @@ impl Observed {
 }
 
 impl State {
+    /// The index of a watch's scope; a scope not announced is added (and then counts as one
+    /// more watch per kind that must list).
+    fn scope_index(&mut self, scope: Option<&str>) -> usize {
+        match self.scopes.iter().position(|s| s.as_deref() == scope) {
+            Some(i) => i,
+            None => {
+                self.scopes.push(scope.map(Into::into));
+                self.scopes.len() - 1
+            }
+        }
+    }
+
     fn take_own_write(&mut self, kind: Option<Kind>, meta: &ObjectMeta) -> bool {
         let (Some(ns), Some(name), Some(rv)) = (
             meta.namespace.as_deref(),
@@ -593,7 +634,7 @@ mod tests {
     /// One watch of `kind` (re)lists exactly `objects`.
     fn relist(observed: &Observed, kind: Kind, objects: &[PartialObjectMeta<Secret>]) {
         let event = |e: watcher::Event<PartialObjectMeta<Secret>>| {
-            observed.watch_event(kind, &e, no_digest);
+            observed.watch_event(kind, None, &e, no_digest);
         };
         event(watcher::Event::Init);
         for o in objects {
@@ -648,6 +689,7 @@ mod tests {
         // Someone edits the Secret: a new resource version.
         o.watch_event(
             Kind::Secret,
+            None,
             &watcher::Event::Apply(seen(&p, "web-tls", Facet::Tls, "11")),
             no_digest,
         );
@@ -663,12 +705,14 @@ mod tests {
         // An extra object labelled for the policy.
         o.watch_event(
             Kind::ConfigMap,
+            None,
             &watcher::Event::Apply(seen(&p, "extra", Facet::Tls, "12")),
             no_digest,
         );
         assert_eq!(o.unchanged(&p, now), None);
         o.watch_event(
             Kind::ConfigMap,
+            None,
             &watcher::Event::Delete(seen(&p, "extra", Facet::Tls, "13")),
             no_digest,
         );
@@ -677,6 +721,7 @@ mod tests {
         // The Secret is deleted.
         o.watch_event(
             Kind::Secret,
+            None,
             &watcher::Event::Delete(seen(&p, "web-tls", Facet::Tls, "14")),
             no_digest,
         );
@@ -740,6 +785,7 @@ mod tests {
         assert_eq!(o.unchanged(&p, now), Some(None));
         o.watch_event(
             Kind::Job,
+            None,
             &watcher::Event::<PartialObjectMeta<Secret>>::Init,
             no_digest,
         );
@@ -765,6 +811,53 @@ mod tests {
             Some("1")
         );
         assert_eq!(o.resource_version(&p, Kind::Secret, "b"), None);
+    }
+
+    #[test]
+    fn with_namespace_scopes_each_watch_lists_and_relists_its_own_namespace() {
+        let p = policy();
+        let mut q = policy();
+        q.metadata.namespace = Some("other".into());
+        let o = Observed::scoped(&[Some("traffic".into()), Some("other".into())]);
+        let in_scope = |scope: &str, objects: &[PartialObjectMeta<Secret>]| {
+            for kind in [
+                Kind::NetworkPolicy,
+                Kind::Secret,
+                Kind::ConfigMap,
+                Kind::Job,
+            ] {
+                let event = |e: watcher::Event<PartialObjectMeta<Secret>>| {
+                    o.watch_event(kind, Some(scope), &e, no_digest);
+                };
+                event(watcher::Event::Init);
+                for obj in objects.iter().filter(|_| kind == Kind::Secret) {
+                    event(watcher::Event::InitApply(obj.clone()));
+                }
+                event(watcher::Event::InitDone);
+            }
+        };
+        in_scope("traffic", &[seen(&p, "web-tls", Facet::Tls, "1")]);
+        assert_eq!(
+            o.resource_version(&p, Kind::Secret, "web-tls"),
+            None,
+            "the other namespace's watches have not listed"
+        );
+        in_scope("other", &[seen(&q, "web-tls", Facet::Tls, "2")]);
+        assert_eq!(
+            o.resource_version(&p, Kind::Secret, "web-tls").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            o.resource_version(&q, Kind::Secret, "web-tls").as_deref(),
+            Some("2")
+        );
+        // A relist in one namespace leaves the other's objects alone.
+        in_scope("traffic", &[seen(&p, "web-tls", Facet::Tls, "1")]);
+        assert_eq!(
+            o.resource_version(&q, Kind::Secret, "web-tls").as_deref(),
+            Some("2")
+        );
+        assert!(!o.nothing_stale(&q, Kind::Secret, Facet::Tls, &BTreeSet::new()));
     }
 
     #[test]
@@ -817,11 +910,21 @@ mod tests {
         o.settle(&p, objects, None, now);
         assert_eq!(o.unchanged(&p, now), Some(None));
         // The echo: recognised as ours, triggers nothing, and the object is as verified.
-        assert!(!o.watch_event(Kind::Secret, &watcher::Event::Apply(created), no_digest));
+        assert!(!o.watch_event(
+            Kind::Secret,
+            None,
+            &watcher::Event::Apply(created),
+            no_digest
+        ));
         assert_eq!(o.unchanged(&p, now), Some(None));
         // Someone else's change after it does trigger, and is a change.
         let edited = seen(&p, "web-tls", Facet::Tls, "21");
-        assert!(o.watch_event(Kind::Secret, &watcher::Event::Apply(edited), no_digest));
+        assert!(o.watch_event(
+            Kind::Secret,
+            None,
+            &watcher::Event::Apply(edited),
+            no_digest
+        ));
         assert_eq!(o.unchanged(&p, now), None);
     }
 
@@ -835,12 +938,18 @@ mod tests {
         // The watch brings the write's event before the write's answer is handled.
         assert!(o.watch_event(
             Kind::Secret,
+            None,
             &watcher::Event::Apply(created.clone()),
             no_digest
         ));
         o.wrote(Some(Kind::Secret), &created.metadata);
         let edited = seen(&p, "web-tls", Facet::Tls, "21");
-        assert!(o.watch_event(Kind::Secret, &watcher::Event::Apply(edited), no_digest));
+        assert!(o.watch_event(
+            Kind::Secret,
+            None,
+            &watcher::Event::Apply(edited),
+            no_digest
+        ));
         let objects =
             HashMap::from([((Kind::Secret, "web-tls".into()), verified("20", Some("h")))]);
         o.settle(&p, objects, None, now);
@@ -858,14 +967,34 @@ mod tests {
         listed(&o, vec![]);
         let job = |rv: &str| seen(&p, "roles", Facet::Postgres, rv);
         let digest_of = |d: u64| move |_: &PartialObjectMeta<Secret>| Some(d);
-        assert!(o.watch_event(Kind::Job, &watcher::Event::Apply(job("1")), digest_of(1)));
-        assert!(!o.watch_event(Kind::Job, &watcher::Event::Apply(job("2")), digest_of(1)));
+        assert!(o.watch_event(
+            Kind::Job,
+            None,
+            &watcher::Event::Apply(job("1")),
+            digest_of(1)
+        ));
+        assert!(!o.watch_event(
+            Kind::Job,
+            None,
+            &watcher::Event::Apply(job("2")),
+            digest_of(1)
+        ));
         assert_eq!(
             o.resource_version(&p, Kind::Job, "roles").as_deref(),
             Some("2")
         );
-        assert!(o.watch_event(Kind::Job, &watcher::Event::Apply(job("3")), digest_of(2)));
-        assert!(o.watch_event(Kind::Job, &watcher::Event::Delete(job("4")), digest_of(2)));
+        assert!(o.watch_event(
+            Kind::Job,
+            None,
+            &watcher::Event::Apply(job("3")),
+            digest_of(2)
+        ));
+        assert!(o.watch_event(
+            Kind::Job,
+            None,
+            &watcher::Event::Delete(job("4")),
+            digest_of(2)
+        ));
     }
 
     #[test]
