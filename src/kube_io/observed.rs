@@ -935,21 +935,22 @@ mod tests {
         let now = Instant::now();
         listed(&o, vec![]);
         let created = seen(&p, "web-tls", Facet::Tls, "20");
-        // The watch brings the write's event before the write's answer is handled.
+        let edited = seen(&p, "web-tls", Facet::Tls, "21");
+        // The watch brings the write's event, and someone's edit after it, before the write's
+        // answer is handled.
         assert!(o.watch_event(
             Kind::Secret,
             None,
             &watcher::Event::Apply(created.clone()),
             no_digest
         ));
-        o.wrote(Some(Kind::Secret), &created.metadata);
-        let edited = seen(&p, "web-tls", Facet::Tls, "21");
         assert!(o.watch_event(
             Kind::Secret,
             None,
             &watcher::Event::Apply(edited),
             no_digest
         ));
+        o.wrote(Some(Kind::Secret), &created.metadata);
         let objects =
             HashMap::from([((Kind::Secret, "web-tls".into()), verified("20", Some("h")))]);
         o.settle(&p, objects, None, now);
