@@ -1545,7 +1545,14 @@ async fn namespace_gone(client: &Client, ns: &str, timeout: Duration) -> Namespa
     let started = Instant::now();
     let mut marked: BTreeMap<String, Instant> = BTreeMap::new();
     let mut finalizer_held: Option<Duration> = None;
+    // A policy can be marked and lose its finalizer between two polls: then it was held at most
+    // since the last poll that listed it.
+    let mut listed_before: (BTreeSet<String>, Instant) = (BTreeSet::new(), Instant::now());
+    let held_at_most = |held: Duration, finalizer_held: &mut Option<Duration>| {
+        *finalizer_held = Some(finalizer_held.map_or(held, |m| m.max(held)));
+    };
     let gone = loop {
+        let polled = Instant::now();
         if let Ok(list) = policies.list(&ListParams::default()).await {
             let present: BTreeSet<String> = list.items.iter().map(|p| p.name_any()).collect();
             for p in &list.items {
@@ -1556,11 +1563,17 @@ async fn namespace_gone(client: &Client, ns: &str, timeout: Duration) -> Namespa
             marked.retain(|name, since| {
                 let kept = present.contains(name);
                 if !kept {
-                    let held = since.elapsed();
-                    finalizer_held = Some(finalizer_held.map_or(held, |m| m.max(held)));
+                    held_at_most(since.elapsed(), &mut finalizer_held);
                 }
                 kept
             });
+            let (before, at) = &listed_before;
+            for name in before.difference(&present) {
+                if !marked.contains_key(name) {
+                    held_at_most(at.elapsed(), &mut finalizer_held);
+                }
+            }
+            listed_before = (present, polled);
         }
         match api.get_opt(ns).await {
             Ok(None) => break Ok(started.elapsed()),
@@ -1579,10 +1592,14 @@ async fn namespace_gone(client: &Client, ns: &str, timeout: Duration) -> Namespa
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Policies still marked when the namespace went were removed between two polls.
-    if !marked.is_empty() && gone.is_ok() {
+    // Policies still marked, or still listed, when the namespace went were removed between two
+    // polls.
+    if gone.is_ok() {
         let held = marked.values().map(Instant::elapsed).max();
         finalizer_held = finalizer_held.max(held);
+        if listed_before.0.iter().any(|n| !marked.contains_key(n)) {
+            held_at_most(listed_before.1.elapsed(), &mut finalizer_held);
+        }
     }
     NamespaceDeletion {
         gone,
