@@ -63,6 +63,7 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     unchanged: Counter,
+    partial: Counter,
     reconcile_duration: Histogram,
     writes: Family<KindLabel, Counter>,
     managed: Family<KindLabel, Gauge>,
@@ -124,6 +125,12 @@ impl Default for Metrics {
             "Successful reconciliations answered from the watches: the policy and everything it produced were as the last complete reconciliation left them, so no request was sent",
             unchanged.clone(),
         );
+        let partial = Counter::default();
+        registry.register(
+            "reconciles_partial",
+            "Reconciliations that rebuilt only the facets whose produced objects changed; the other facets kept what the status says",
+            partial.clone(),
+        );
         let findings = Family::<FindingLabels, Gauge>::default();
         registry.register(
             "policy_findings",
@@ -138,6 +145,7 @@ impl Default for Metrics {
             registry,
             reconciles,
             unchanged,
+            partial,
             reconcile_duration,
             writes,
             managed,
@@ -158,6 +166,11 @@ impl Metrics {
     /// A successful reconcile that found nothing changed without asking the API server.
     pub fn record_unchanged(&self) {
         self.unchanged.inc();
+    }
+
+    /// A reconcile that rebuilt only some facets.
+    pub fn record_partial(&self) {
+        self.partial.inc();
     }
 
     pub fn record_watch_error(&self) {

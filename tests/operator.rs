@@ -101,6 +101,19 @@ async fn example_reaches_ready_with_golden_network_policies_and_repairs_drift() 
     pretty_assertions::assert_eq!(golden, actual);
 
     // Deleted: back within 2 s, driven by the watch on owned NetworkPolicies.
+    let policies = Api::<SecurityPolicy>::namespaced(client.clone(), &ns);
+    let settled_status = eventually(
+        Duration::from_secs(10),
+        "the status to stop changing",
+        || async {
+            let before = policies.get("traffic").await.unwrap().status;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = policies.get("traffic").await.unwrap().status;
+            (before == after).then_some(after)
+        },
+    )
+    .await;
+    let partial_before = operator.partial_reconciles();
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
     let deleted_at = Instant::now();
     api.delete("traffic-tier-data", &DeleteParams::default())
@@ -120,6 +133,20 @@ async fn example_reaches_ready_with_golden_network_policies_and_repairs_drift() 
     eprintln!(
         "deleted NetworkPolicy recreated after {:?}",
         deleted_at.elapsed()
+    );
+    // Only the network facet was rebuilt; the others kept their conditions, certificates and
+    // keys, and the status as a whole is what it was.
+    eventually(
+        Duration::from_secs(5),
+        "a reconcile of the network facet alone",
+        || async { (operator.partial_reconciles() > partial_before).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        policies.get("traffic").await.unwrap().status,
+        settled_status,
+        "repairing a NetworkPolicy changed the status"
     );
 
     // Edited: a port opened by hand is closed again within 2 s.

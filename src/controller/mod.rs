@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod leader;
 pub mod postgres;
 pub mod rotation;
+pub mod scope;
 pub mod status;
 pub mod tls;
 pub mod watches;
@@ -34,10 +35,11 @@ use tracing::Instrument;
 use crate::api::{DeletionPolicy, ManagedObject, SecurityPolicy, SecurityPolicyStatus};
 use crate::facets::network::desired_network_policies;
 use crate::kube_io::{
-    Applier, ApplyError, Contested, FIELD_MANAGER, Facet, Kind, LABEL_POLICY, Observed,
-    RepairBudget, is_produced_by, managed_selector,
+    Applier, ApplyError, Contested, FIELD_MANAGER, Facet, Kind, LABEL_POLICY, Look, Observed,
+    RepairBudget, Settled, is_produced_by, managed_selector, status_digest,
 };
 use crate::telemetry::Metrics;
+use scope::Scope;
 use status::{ConditionStatus, FacetReport};
 use watches::{NoPause, paced};
 
@@ -544,16 +546,23 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     let started = Instant::now();
     // The watches are the only source of "nothing changed": while one fails, ask the server.
     let watched = ctx.metrics.watches_failing() == 0;
-    if watched {
-        match ctx.observed.why_look(policy, started) {
-            Ok(wait) => {
-                ctx.metrics.record_unchanged();
-                return Ok(wait.map_or_else(Action::await_change, Action::requeue));
-            }
-            Err(why) => tracing::debug!(policy = %policy.name_any(), why, "complete reconcile"),
+    let look = if watched {
+        ctx.observed.why_look(policy, started)
+    } else {
+        Look::Everything("a watch is failing")
+    };
+    let changed = match look {
+        Look::Nothing(wait) => {
+            ctx.metrics.record_unchanged();
+            return Ok(wait.map_or_else(Action::await_change, Action::requeue));
         }
-    }
-    let previous = ctx.observed.unsettle(policy);
+        Look::Facets(facets) => Some(facets),
+        Look::Everything(why) => {
+            tracing::debug!(policy = %policy.name_any(), why, "complete reconcile");
+            None
+        }
+    };
+    let last = ctx.observed.unsettle(policy);
     // Our last status write may not be in the cache yet: build on it, not on what it replaced.
     let caught_up;
     let policy = match ctx.observed.unseen_status(policy) {
@@ -569,7 +578,8 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     ctx.repairs.prune(std::time::Instant::now());
     let applier = Applier::new(policy, &ctx.metrics, &ctx.repairs);
     let applier = if watched {
-        applier.with_observed(&ctx.observed, previous)
+        let verified = last.as_ref().map(|l| l.objects.clone()).unwrap_or_default();
+        applier.with_observed(&ctx.observed, verified)
     } else {
         applier
     };
@@ -584,29 +594,52 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         masked = crate::facets::names::without_facets(policy, unusable.keys());
         &masked
     };
+    // Only the facets whose objects changed are rebuilt, when nothing else did.
+    let mut scope = match (changed, &last) {
+        (Some(changed), Some(last)) if unusable.is_empty() => {
+            Scope::partial(policy, changed, last).unwrap_or_else(Scope::everything)
+        }
+        _ => Scope::everything(),
+    };
+    if let Some(facets) = scope.facets() {
+        tracing::debug!(policy = %policy.name_any(), ?facets, "reconcile of the facets that changed");
+    }
     reports.extend(unusable.into_iter().map(|(facet, message)| FacetReport {
         facet,
         status: ConditionStatus::False,
         reason: "InvalidSpec".into(),
         message,
     }));
+    let previous = policy.status.clone().unwrap_or_default();
 
-    let network = reconcile_network(policy, ctx, &applier, &ns, &mut managed_objects).await?;
-    let mut recheck = network.as_ref().is_some_and(|r| r.reason == "Conflict");
-    if let Some(report) = network {
-        reports.push(report);
+    let mut recheck = false;
+    if scope.runs(Facet::Network) {
+        let network = reconcile_network(policy, ctx, &applier, &ns, &mut managed_objects).await?;
+        recheck = network.as_ref().is_some_and(|r| r.reason == "Conflict");
+        reports.extend(network);
+    } else {
+        Scope::carry(
+            Facet::Network,
+            &previous,
+            &mut reports,
+            &mut managed_objects,
+        );
     }
     let mut certificates = Vec::new();
     let mut next_renewal = None;
-    let previous = policy.status.clone().unwrap_or_default();
-    let mut handled_rotation = previous.handled_rotation;
-    let mut handled_ca_rotation = previous.handled_ca_rotation;
+    let mut handled_rotation = previous.handled_rotation.clone();
+    let mut handled_ca_rotation = previous.handled_ca_rotation.clone();
     let mut ca_rollover_phase = None;
     let mut bundle = None;
+    let mut bundle_digest = last.as_ref().and_then(|l| l.bundle);
     // rotate-all runs the facets' rotations in this order: each facet may rotate for it only
     // once the ones before it report done.
     let mut rotate_all = rotation::Facts::default();
-    if let Some(outcome) =
+    if !scope.runs(Facet::Tls) {
+        Scope::carry(Facet::Tls, &previous, &mut reports, &mut managed_objects);
+        certificates = previous.certificates.clone();
+        ca_rollover_phase = previous.ca_rollover_phase.clone();
+    } else if let Some(outcome) =
         tls::reconcile_tls(policy, ctx, &applier, &ns, &mut managed_objects).await?
     {
         recheck |= outcome.recheck;
@@ -620,10 +653,17 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         rotate_all.set(rotation::RotationPhase::CaRollover, outcome.rotate_all.0);
         rotate_all.set(rotation::RotationPhase::Leaves, outcome.rotate_all.1);
     }
+    if scope.runs(Facet::Tls) {
+        let built = scope::bundle_digest(bundle.as_deref());
+        scope.bundle_built(built, bundle_digest);
+        bundle_digest = built;
+    }
     let mut job_requeue = None;
     let mut progress = rotation::Progress::Absent;
     let gate = rotation::Gate::new(policy, &rotate_all, rotation::RotationPhase::Kafka);
-    if let Some(outcome) = kafka::reconcile_kafka(
+    if !scope.runs(Facet::Kafka) {
+        Scope::carry(Facet::Kafka, &previous, &mut reports, &mut managed_objects);
+    } else if let Some(outcome) = kafka::reconcile_kafka(
         policy,
         ctx,
         &applier,
@@ -641,7 +681,14 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     rotate_all.set(rotation::RotationPhase::Kafka, progress);
     let mut progress = rotation::Progress::Absent;
     let gate = rotation::Gate::new(policy, &rotate_all, rotation::RotationPhase::Postgres);
-    if let Some(outcome) = postgres::reconcile_postgres(
+    if !scope.runs(Facet::Postgres) {
+        Scope::carry(
+            Facet::Postgres,
+            &previous,
+            &mut reports,
+            &mut managed_objects,
+        );
+    } else if let Some(outcome) = postgres::reconcile_postgres(
         policy,
         ctx,
         &applier,
@@ -660,7 +707,10 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     let mut jwt_keys = Vec::new();
     let mut progress = rotation::Progress::Absent;
     let gate = rotation::Gate::new(policy, &rotate_all, rotation::RotationPhase::Jwt);
-    if let Some(outcome) = jwt::reconcile_jwt(
+    if !scope.runs(Facet::Jwt) {
+        Scope::carry(Facet::Jwt, &previous, &mut reports, &mut managed_objects);
+        jwt_keys = previous.jwt.clone();
+    } else if let Some(outcome) = jwt::reconcile_jwt(
         policy,
         ctx,
         &applier,
@@ -717,7 +767,7 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         ),
     };
     let rotation_now = next.rotation.clone();
-    write_status(policy, ctx, &reports, next).await?;
+    let status_now = write_status(policy, ctx, &reports, next).await?;
     rotation::record_transition(
         ctx,
         policy,
@@ -735,15 +785,33 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         earliest(recheck.then_some(Duration::from_secs(15)), until_renewal),
         job_requeue,
     );
-    if watched && let Some(verified) = applier.verified() {
-        ctx.observed.settle(
-            policy,
-            verified,
-            requeue.map(|d| Instant::now() + d),
-            started,
-        );
+    // The facets not rebuilt keep their deadlines, and the age of the last complete look.
+    let now = Instant::now();
+    let mut until = requeue.map(|d| now + d);
+    let mut at = started;
+    if scope.is_partial()
+        && let Some(last) = &last
+    {
+        until = earliest(until, last.until);
+        at = last.at.unwrap_or(started);
+        ctx.metrics.record_partial();
     }
-    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+    if watched && let Some(verified) = applier.verified() {
+        let mut objects: HashMap<_, _> = last
+            .map(|l| l.objects)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, v)| v.facet.is_some_and(|f| !scope.runs(f)))
+            .collect();
+        objects.extend(verified);
+        let mut settled = Settled::new(objects, until, at);
+        settled.status = Some(status_digest(Some(&status_now)));
+        settled.bundle = bundle_digest;
+        ctx.observed.settle(policy, settled);
+    }
+    Ok(until.map_or_else(Action::await_change, |u| {
+        Action::requeue(u.saturating_duration_since(now))
+    }))
 }
 
 /// The earlier of two optional times (or delays); None only when both are.
@@ -889,7 +957,7 @@ async fn write_status(
     ctx: &Context,
     reports: &[FacetReport],
     mut next: SecurityPolicyStatus,
-) -> Result<(), Error> {
+) -> Result<SecurityPolicyStatus, Error> {
     let previous = policy.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
     next.conditions = status::conditions(
@@ -909,7 +977,7 @@ async fn write_status(
     next.findings = crate::audit::status_summary(&ns, &name, &next, &inconsistencies, now.0);
     ctx.metrics.set_policy_findings(&ns, &name, &next.findings);
     if next == previous {
-        return Ok(());
+        return Ok(previous);
     }
     let api: Api<SecurityPolicy> =
         Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
@@ -928,6 +996,7 @@ async fn write_status(
         .map_err(Error::kube("write status"))?;
     ctx.observed.wrote_status(&written);
     ctx.metrics.record_write("SecurityPolicyStatus");
+    let stands = written.status.clone().unwrap_or_else(|| next.clone());
 
     let reference = policy.object_ref(&());
     // A new policy's first status: its Ready event names the facets that are not ready yet, and
@@ -958,7 +1027,7 @@ async fn write_status(
             tracing::warn!(error = %e, "could not record event");
         }
     }
-    Ok(())
+    Ok(stands)
 }
 
 /// Deletes every object of kind `K` the policy produced.

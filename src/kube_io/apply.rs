@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::meta::{
-    ANNOTATION_DESIRED_HASH, FIELD_MANAGER, Facet, LABEL_FACET, is_produced_by, produced_selector,
+    ANNOTATION_DESIRED_HASH, FIELD_MANAGER, Facet, is_produced_by, produced_selector,
 };
 use super::observed::{Kind, ObjectKey, Observed, Verified};
 use super::repair::RepairBudget;
@@ -127,12 +127,17 @@ impl<'a> Applier<'a> {
         complete.then_some(verified)
     }
 
-    fn verify(&self, key: ObjectKey, resource_version: Option<&str>, hash: Option<&str>) {
-        let Some(rv) = resource_version else { return };
+    /// Records the object `key` as verified at version `rv`; `meta` is its metadata as read,
+    /// applied or written (for the facet its labels name).
+    fn verify(&self, key: ObjectKey, rv: Option<&str>, meta: &ObjectMeta, hash: Option<&str>) {
+        let Some(rv) = rv else {
+            return;
+        };
         let mut verified = self.verified.lock().expect("verified lock");
         let entry = verified.entry(key).or_insert_with(|| Verified {
             resource_version: rv.to_string(),
             desired_hash: None,
+            facet: Facet::of(meta),
         });
         entry.resource_version = rv.to_string();
         if let Some(hash) = hash {
@@ -154,7 +159,12 @@ impl<'a> Applier<'a> {
         let key = (kind, name.to_string());
         match &live {
             Some(obj) if is_produced_by(obj.meta(), self.policy) => {
-                self.verify(key.clone(), obj.meta().resource_version.as_deref(), None);
+                self.verify(
+                    key.clone(),
+                    obj.meta().resource_version.as_deref(),
+                    obj.meta(),
+                    None,
+                );
             }
             Some(_) => self.unwatched.store(true, Ordering::Relaxed),
             None => {
@@ -245,7 +255,7 @@ impl<'a> Applier<'a> {
                 if let Some(key) = &key
                     && let Some(rv) = self.verified_unchanged(key, &hash)
                 {
-                    self.verify(key.clone(), Some(&rv), Some(&hash));
+                    self.verify(key.clone(), Some(&rv), desired.meta(), Some(&hash));
                     return Ok(ApplyOutcome::Unchanged);
                 }
                 self.get(api, &name).await.map_err(|e| api_err("get", e))?
@@ -264,7 +274,12 @@ impl<'a> Applier<'a> {
                     serde_json::to_value(&desired).expect("Kubernetes objects serialize");
                 if same_hash && is_subset(&desired_json, &live_json) {
                     if let Some(key) = key {
-                        self.verify(key, live.meta().resource_version.as_deref(), Some(&hash));
+                        self.verify(
+                            key,
+                            live.meta().resource_version.as_deref(),
+                            live.meta(),
+                            Some(&hash),
+                        );
                     }
                     return Ok(ApplyOutcome::Unchanged);
                 }
@@ -285,10 +300,7 @@ impl<'a> Applier<'a> {
                     Ok(())
                 };
                 if let Err(retry_after) = verdict {
-                    let facet = desired
-                        .labels()
-                        .get(LABEL_FACET)
-                        .and_then(|l| Facet::ALL.into_iter().find(|f| f.label() == l));
+                    let facet = Facet::of(desired.meta());
                     self.contested
                         .lock()
                         .expect("contested lock")
@@ -314,7 +326,12 @@ impl<'a> Applier<'a> {
             if let Some(observed) = self.observed {
                 observed.wrote(Some(key.0), written.meta());
             }
-            self.verify(key, written.meta().resource_version.as_deref(), Some(&hash));
+            self.verify(
+                key,
+                written.meta().resource_version.as_deref(),
+                written.meta(),
+                Some(&hash),
+            );
         }
         Ok(outcome)
     }

@@ -48,6 +48,12 @@ impl Facet {
         }
     }
 
+    /// The facet an object's labels name.
+    pub fn of(meta: &ObjectMeta) -> Option<Facet> {
+        let label = meta.labels.as_ref()?.get(LABEL_FACET)?;
+        Facet::ALL.into_iter().find(|f| f.label() == label)
+    }
+
     /// Status condition type reporting this facet.
     pub fn condition_type(self) -> &'static str {
         match self {

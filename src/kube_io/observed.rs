@@ -4,6 +4,8 @@
 //!
 //! - a reconcile whose policy, produced objects and deadlines are all as its last complete
 //!   reconcile left them does nothing (the events of our own writes, status updates);
+//! - when only objects of some facets changed, it names those facets, for the reconcile to
+//!   rebuild them alone;
 //! - an object whose resource version is the one a reconcile verified against the same desired
 //!   state needs no read before it is declared unchanged;
 //! - a facet with no produced object outside the names it keeps needs no list to find stale ones.
@@ -11,7 +13,7 @@
 //! Everything here is an optimisation that may only ever say "look": a missing entry, a watch
 //! that has not listed yet or is failing, or any difference sends the reconcile to the API server.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use super::meta::{Facet, LABEL_FACET, LABEL_POLICY};
+use super::meta::{Facet, LABEL_POLICY};
 use crate::api::{SecurityPolicy, SecurityPolicyStatus};
 
 /// A policy settled by a complete reconcile is taken at its word for at most this long; after
@@ -69,6 +71,8 @@ pub struct Verified {
     pub resource_version: String,
     /// Hash of the desired object it was compared with, when it was applied.
     pub desired_hash: Option<String>,
+    /// The facet that produces it, as its label says.
+    pub facet: Option<Facet>,
 }
 
 pub type ObjectKey = (Kind, String);
@@ -79,8 +83,38 @@ pub struct Settled {
     fingerprint: u64,
     pub objects: HashMap<ObjectKey, Verified>,
     /// When the reconcile asked to look again, if it did.
-    until: Option<Instant>,
-    at: Option<Instant>,
+    pub until: Option<Instant>,
+    /// When the last reconcile that looked at every facet started.
+    pub at: Option<Instant>,
+    /// Digest of the status the reconcile left (see [`status_digest`]).
+    pub status: Option<u64>,
+    /// Digest of the CA bundle the TLS facet handed to the facets after it.
+    pub bundle: Option<u64>,
+}
+
+impl Settled {
+    pub fn new(objects: HashMap<ObjectKey, Verified>, until: Option<Instant>, at: Instant) -> Self {
+        Self {
+            fingerprint: 0,
+            objects,
+            until,
+            at: Some(at),
+            status: None,
+            bundle: None,
+        }
+    }
+}
+
+/// What a reconcile has to look at, by what changed since the policy's last reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Look {
+    /// Nothing: the next deadline is this far away (None: there is none).
+    Nothing(Option<Duration>),
+    /// Only objects these facets produce changed; the policy, its status and every deadline are
+    /// as the last reconcile left them.
+    Facets(BTreeSet<Facet>),
+    /// Everything, for this reason.
+    Everything(&'static str),
 }
 
 /// The objects one policy (namespace and name) produced, and its last settled reconcile.
@@ -161,6 +195,11 @@ pub fn fingerprint(policy: &SecurityPolicy) -> u64 {
         policy.meta().annotations.as_ref(),
         policy.meta().labels.as_ref(),
     ))
+}
+
+/// Digest of a policy's status, to tell whether it is still the one a reconcile left.
+pub fn status_digest(status: Option<&SecurityPolicyStatus>) -> u64 {
+    hash_of(serde_json::to_vec(&status).unwrap_or_default())
 }
 
 fn event_hash(kind: Option<Kind>, ns: &str, name: &str, rv: &str) -> u64 {
@@ -349,44 +388,47 @@ impl Observed {
 
     /// How long until the policy's last complete reconcile asked to look again, when nothing it
     /// verified has changed since (and it is recent enough to be trusted); None means "look".
-    pub fn unchanged(&self, policy: &SecurityPolicy, now: Instant) -> Option<Option<Duration>> {
-        self.why_look(policy, now).ok()
+    #[cfg(test)]
+    fn unchanged(&self, policy: &SecurityPolicy, now: Instant) -> Option<Option<Duration>> {
+        match self.why_look(policy, now) {
+            Look::Nothing(wait) => Some(wait),
+            _ => None,
+        }
     }
 
-    /// [`unchanged`](Self::unchanged), or what calls for a complete reconcile.
-    pub fn why_look(
-        &self,
-        policy: &SecurityPolicy,
-        now: Instant,
-    ) -> Result<Option<Duration>, &'static str> {
+    /// What a reconcile of `policy` has to look at: nothing, the facets whose objects changed,
+    /// or everything.
+    pub fn why_look(&self, policy: &SecurityPolicy, now: Instant) -> Look {
         let state = self.state.lock().expect("observed lock");
         if !Self::synced(&state) {
-            return Err("watches not in sync");
+            return Look::Everything("watches not in sync");
         }
-        let bucket = state
-            .buckets
-            .get(&policy_key(policy))
-            .ok_or("nothing produced yet")?;
-        let settled = bucket.settled.as_ref().ok_or("not settled")?;
+        let Some(bucket) = state.buckets.get(&policy_key(policy)) else {
+            return Look::Everything("nothing produced yet");
+        };
+        let Some(settled) = bucket.settled.as_ref() else {
+            return Look::Everything("not settled");
+        };
         if settled.fingerprint != fingerprint(policy) {
-            return Err("policy changed");
+            return Look::Everything("policy changed");
         }
         if settled
             .at
             .is_none_or(|at| now.duration_since(at) >= SETTLED_FOR)
         {
-            return Err("settled too long ago");
+            return Look::Everything("settled too long ago");
         }
         if settled.until.is_some_and(|until| now >= until) {
-            return Err("deadline reached");
+            return Look::Everything("deadline reached");
         }
         // Each object is as verified, or the watch has not yet brought back the write of ours
         // that left it as verified (the echo is on its way: nothing else happened since that
         // we could know of, and anything that did comes as its own event).
         let (ns, _) = policy_key(policy);
-        let verified = settled.objects.iter().all(|((kind, name), v)| {
+        let mut changed = BTreeSet::new();
+        for ((kind, name), v) in &settled.objects {
             let name: Box<str> = name.as_str().into();
-            match bucket.objects.get(&(*kind, name.clone())) {
+            let same = match bucket.objects.get(&(*kind, name.clone())) {
                 Some(seen) if *seen.resource_version == *v.resource_version => true,
                 _ => state.own_writes.contains(&(
                     Some(*kind),
@@ -394,52 +436,50 @@ impl Observed {
                     name,
                     v.resource_version.as_str().into(),
                 )),
+            };
+            if !same {
+                let Some(facet) = v.facet else {
+                    return Look::Everything("a produced object changed");
+                };
+                changed.insert(facet);
             }
-        });
-        if !verified {
-            return Err("a produced object changed");
         }
-        if !bucket
-            .objects
-            .keys()
-            .all(|(kind, name)| settled.objects.contains_key(&(*kind, name.to_string())))
-        {
-            return Err("an object not verified");
+        for ((kind, name), seen) in &bucket.objects {
+            if !settled.objects.contains_key(&(*kind, name.to_string())) {
+                let Some(facet) = seen.facet else {
+                    return Look::Everything("an object not verified");
+                };
+                changed.insert(facet);
+            }
         }
-        Ok(settled.until.map(|until| until.duration_since(now)))
+        if changed.is_empty() {
+            Look::Nothing(settled.until.map(|until| until.duration_since(now)))
+        } else {
+            Look::Facets(changed)
+        }
     }
 
-    /// Forgets what the last complete reconcile of `policy` settled and hands back what it
-    /// verified, for this reconcile to skip reads of what has not changed since.
-    pub fn unsettle(&self, policy: &SecurityPolicy) -> HashMap<ObjectKey, Verified> {
+    /// Forgets what the last reconcile of `policy` settled and hands it back, for this
+    /// reconcile to skip reads of what has not changed since.
+    pub fn unsettle(&self, policy: &SecurityPolicy) -> Option<Settled> {
         let mut state = self.state.lock().expect("observed lock");
         let key = policy_key(policy);
-        let Some(bucket) = state.buckets.get_mut(&key) else {
-            return HashMap::new();
-        };
+        let bucket = state.buckets.get_mut(&key)?;
         let settled = bucket.settled.take();
         if bucket.objects.is_empty() {
             state.buckets.remove(&key);
         }
         // What was verified stays valid across spec changes: each object is compared with its
         // own desired hash, and only while its resource version is the one verified.
-        settled.map(|s| s.objects).unwrap_or_default()
+        settled
     }
 
-    /// Records a complete reconcile of `policy`: what it verified, and when it wants another look.
-    pub fn settle(
-        &self,
-        policy: &SecurityPolicy,
-        objects: HashMap<ObjectKey, Verified>,
-        until: Option<Instant>,
-        now: Instant,
-    ) {
+    /// Records a reconcile of `policy`: what it verified, and when it wants another look.
+    pub fn settle(&self, policy: &SecurityPolicy, settled: Settled) {
         let mut state = self.state.lock().expect("observed lock");
         state.buckets.entry(policy_key(policy)).or_default().settled = Some(Settled {
             fingerprint: fingerprint(policy),
-            objects,
-            until,
-            at: Some(now),
+            ..settled
         });
     }
 
@@ -497,14 +537,11 @@ impl Observed {
         })
     }
 
-    /// How many produced objects the watches know of, for the memory figures.
-    pub fn len(&self) -> usize {
+    /// How many produced objects the watches know of.
+    #[cfg(test)]
+    fn known(&self) -> usize {
         let state = self.state.lock().expect("observed lock");
         state.buckets.values().map(|b| b.objects.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -566,9 +603,7 @@ impl State {
         let name: Box<str> = meta.name.as_deref()?.into();
         let seen = Seen {
             resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
-            facet: labels
-                .get(LABEL_FACET)
-                .and_then(|l| Facet::ALL.into_iter().find(|f| f.label() == l)),
+            facet: Facet::of(meta),
             owner: owner_hash(meta),
             digest,
         };
@@ -668,7 +703,72 @@ mod tests {
         Verified {
             resource_version: rv.into(),
             desired_hash: hash.map(Into::into),
+            facet: Some(Facet::Tls),
         }
+    }
+
+    #[test]
+    fn a_change_names_the_facets_whose_objects_moved() {
+        let p = policy();
+        let o = Observed::default();
+        let now = Instant::now();
+        let tls = seen(&p, "web-tls", Facet::Tls, "10");
+        let deny = seen(&p, "p-default-deny", Facet::Network, "11");
+        listed(
+            &o,
+            vec![(Kind::Secret, tls), (Kind::NetworkPolicy, deny.clone())],
+        );
+        let network = Verified {
+            facet: Some(Facet::Network),
+            ..verified("11", Some("n"))
+        };
+        let objects = HashMap::from([
+            ((Kind::Secret, "web-tls".into()), verified("10", Some("h"))),
+            ((Kind::NetworkPolicy, "p-default-deny".into()), network),
+        ]);
+        o.settle(&p, Settled::new(objects.clone(), None, now));
+        assert_eq!(o.why_look(&p, now), Look::Nothing(None));
+
+        // The NetworkPolicy is deleted: only the network facet has to look.
+        o.watch_event(
+            Kind::NetworkPolicy,
+            None,
+            &watcher::Event::Delete(deny),
+            no_digest,
+        );
+        assert_eq!(
+            o.why_look(&p, now),
+            Look::Facets(BTreeSet::from([Facet::Network]))
+        );
+        // A JWT Secret no reconcile verified appears: that facet has to look too.
+        o.watch_event(
+            Kind::Secret,
+            None,
+            &watcher::Event::Apply(seen(&p, "api-jwt", Facet::Jwt, "12")),
+            no_digest,
+        );
+        assert_eq!(
+            o.why_look(&p, now),
+            Look::Facets(BTreeSet::from([Facet::Network, Facet::Jwt]))
+        );
+        // An object of no known facet changed: everything.
+        let mut unlabelled = objects;
+        unlabelled.insert(
+            (Kind::ConfigMap, "other".into()),
+            Verified {
+                facet: None,
+                ..verified("13", None)
+            },
+        );
+        o.settle(&p, Settled::new(unlabelled, None, now));
+        assert!(matches!(o.why_look(&p, now), Look::Everything(_)));
+        // A changed policy is everything, whatever moved.
+        let mut changed = p.clone();
+        changed.metadata.generation = Some(2);
+        assert_eq!(
+            o.why_look(&changed, now),
+            Look::Everything("policy changed")
+        );
     }
 
     #[test]
@@ -683,7 +783,7 @@ mod tests {
         assert_eq!(o.unchanged(&p, now), None, "nothing settled yet");
         let objects =
             HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))]);
-        o.settle(&p, objects.clone(), None, now);
+        o.settle(&p, Settled::new(objects.clone(), None, now));
         assert_eq!(o.unchanged(&p, now), Some(None));
 
         // Someone edits the Secret: a new resource version.
@@ -696,9 +796,11 @@ mod tests {
         assert_eq!(o.unchanged(&p, now), None);
         o.settle(
             &p,
-            HashMap::from([((Kind::Secret, "web-tls".into()), verified("11", Some("h")))]),
-            None,
-            now,
+            Settled::new(
+                HashMap::from([((Kind::Secret, "web-tls".into()), verified("11", Some("h")))]),
+                None,
+                now,
+            ),
         );
         assert_eq!(o.unchanged(&p, now), Some(None));
 
@@ -741,9 +843,7 @@ mod tests {
             HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))]);
         o.settle(
             &p,
-            objects.clone(),
-            Some(now + Duration::from_secs(30)),
-            now,
+            Settled::new(objects.clone(), Some(now + Duration::from_secs(30)), now),
         );
         assert_eq!(o.unchanged(&p, now), Some(Some(Duration::from_secs(30))));
         assert_eq!(
@@ -752,7 +852,7 @@ mod tests {
             "deadline reached"
         );
 
-        o.settle(&p, objects.clone(), None, now);
+        o.settle(&p, Settled::new(objects.clone(), None, now));
         assert_eq!(o.unchanged(&p, now + SETTLED_FOR), None, "too old to trust");
 
         p.metadata.generation = Some(2);
@@ -773,7 +873,7 @@ mod tests {
         let objects =
             HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))]);
         relist(&o, Kind::Secret, &[seen(&p, "web-tls", Facet::Tls, "10")]);
-        o.settle(&p, objects.clone(), None, now);
+        o.settle(&p, Settled::new(objects.clone(), None, now));
         assert_eq!(o.unchanged(&p, now), None, "three kinds not listed");
         assert_eq!(o.resource_version(&p, Kind::Secret, "web-tls"), None);
         assert!(!o.nothing_stale(&p, Kind::Secret, Facet::Tls, &BTreeSet::new()));
@@ -803,9 +903,9 @@ mod tests {
                 (Kind::Secret, seen(&p, "b", Facet::Tls, "2")),
             ],
         );
-        assert_eq!(o.len(), 2);
+        assert_eq!(o.known(), 2);
         relist(&o, Kind::Secret, &[seen(&p, "a", Facet::Tls, "1")]);
-        assert_eq!(o.len(), 1);
+        assert_eq!(o.known(), 1);
         assert_eq!(
             o.resource_version(&p, Kind::Secret, "a").as_deref(),
             Some("1")
@@ -907,7 +1007,7 @@ mod tests {
         o.wrote(Some(Kind::Secret), &created.metadata);
         let objects =
             HashMap::from([((Kind::Secret, "web-tls".into()), verified("20", Some("h")))]);
-        o.settle(&p, objects, None, now);
+        o.settle(&p, Settled::new(objects, None, now));
         assert_eq!(o.unchanged(&p, now), Some(None));
         // The echo: recognised as ours, triggers nothing, and the object is as verified.
         assert!(!o.watch_event(
@@ -953,7 +1053,7 @@ mod tests {
         o.wrote(Some(Kind::Secret), &created.metadata);
         let objects =
             HashMap::from([((Kind::Secret, "web-tls".into()), verified("20", Some("h")))]);
-        o.settle(&p, objects, None, now);
+        o.settle(&p, Settled::new(objects, None, now));
         assert_eq!(
             o.unchanged(&p, now),
             None,

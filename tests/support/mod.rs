@@ -104,6 +104,15 @@ impl Operator {
         .await;
     }
 
+    /// Reconciles that rebuilt only the facets whose objects changed.
+    pub fn partial_reconciles(&self) -> u64 {
+        metric_value(
+            &self.metrics.encode(),
+            "bulwark_reconciles_partial_total",
+            "",
+        )
+    }
+
     /// Total reconciles that ended with `result`.
     pub fn reconciles(&self, result: &str) -> u64 {
         metric_value(
