@@ -108,26 +108,27 @@ struct Replica {
 impl Replica {
     fn start(ns: &str) -> Replica {
         let metrics_port = free_port();
-        let child = Command::new(BIN)
-            .args([
-                "run",
-                "--leader-elect",
-                "--namespace",
-                ns,
-                "--leader-election-namespace",
-                ns,
-            ])
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .env(
-                "KUBECONFIG",
-                bulwark_testenv::ControlPlane::shared().kubeconfig_path(),
-            )
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let child = bulwark_testenv::spawn_with_parent(
+            Command::new(BIN)
+                .args([
+                    "run",
+                    "--leader-elect",
+                    "--namespace",
+                    ns,
+                    "--leader-election-namespace",
+                    ns,
+                ])
+                .arg("--metrics-addr")
+                .arg(format!("127.0.0.1:{metrics_port}"))
+                .env(
+                    "KUBECONFIG",
+                    bulwark_testenv::ControlPlane::shared().kubeconfig_path(),
+                )
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )
+        .unwrap();
         Replica {
             child,
             metrics_port,

@@ -154,8 +154,7 @@ impl OperatorProcess {
             cmd.args(["--leader-elect", "--leader-election-namespace", ns])
                 .env("POD_NAME", pod);
         }
-        let child = cmd
-            .env("KUBECONFIG", kubeconfig)
+        cmd.env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("BULWARK_CHAOS_RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -163,9 +162,8 @@ impl OperatorProcess {
             .env_remove("BULWARK_NAMESPACES")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        let child = bulwark_testenv::spawn_with_parent(&mut cmd).unwrap();
         OperatorProcess {
             child,
             metrics_port,

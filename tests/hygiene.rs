@@ -96,15 +96,16 @@ async fn no_secret_value_reaches_logs_events_or_status() {
     let operator_log = scratch.join("operator.log");
     let log_file = std::fs::File::create(&operator_log).unwrap();
     let _operator = LoggedOperator(
-        Command::new(env!("CARGO_BIN_EXE_bulwark"))
-            .args(["run", "--metrics-addr", "127.0.0.1:0", "--namespace", &ns])
-            .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
-            .env("RUST_LOG", "debug")
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
+        bulwark_testenv::spawn_with_parent(
+            Command::new(env!("CARGO_BIN_EXE_bulwark"))
+                .args(["run", "--metrics-addr", "127.0.0.1:0", "--namespace", &ns])
+                .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
+                .env("RUST_LOG", "debug")
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file)
+                .stdin(Stdio::null()),
+        )
+        .unwrap(),
     );
 
     let data_tier = full_example_to_ready(&client, &ns, &scratch.join("first")).await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A child process, SIGKILLed when dropped.
+/// A child process, SIGKILLed when dropped or when the benchmark dies.
 pub struct Measured {
     child: Child,
     pub metrics_port: Option<u16>,
@@ -35,8 +35,7 @@ impl Measured {
         } else {
             cmd.env_remove("RUST_LOG");
         }
-        let child = cmd
-            .args(["run", "--log-format", "json"])
+        cmd.args(["run", "--log-format", "json"])
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
@@ -45,21 +44,19 @@ impl Measured {
             .env_remove("BULWARK_NAMESPACES")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start bulwark run");
+            .stderr(log);
+        let child = bulwark_testenv::spawn_with_parent(&mut cmd).expect("start bulwark run");
         Measured::watch(child, Some(port))
     }
 
     /// Any other command, its output to `log`.
     pub fn command(mut cmd: Command, log: &Path) -> Measured {
         let log = File::create(log).expect("process log");
-        let child = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start the measured process");
+            .stderr(log);
+        let child =
+            bulwark_testenv::spawn_with_parent(&mut cmd).expect("start the measured process");
         Measured::watch(child, None)
     }
 

@@ -16,3 +16,4 @@ pub use controlplane::{
     ControlPlane, ControlPlaneOptions, DEFAULT_K8S_VERSION, assets_dir, k8s_version,
 };
 pub use postgres::{PgTls, Postgres, postgres_bin_dir};
+pub use process::spawn_with_parent;

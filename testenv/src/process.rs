@@ -97,6 +97,12 @@ pub(crate) fn spawn_tied(mut cmd: Command, run_as: Option<Credentials>) -> io::R
         .map_err(|_| io::Error::other("testenv spawner thread dropped the request"))?
 }
 
+/// Spawns `cmd` so that it is SIGKILLed when this process dies, however it dies (an operator
+/// under test or benchmark must not outlive a killed test run).
+pub fn spawn_with_parent(cmd: &mut Command) -> io::Result<Child> {
+    spawn_tied(std::mem::replace(cmd, Command::new("true")), None)
+}
+
 /// Spawns `cmd` in its own session so that it outlives this process.
 pub(crate) fn spawn_detached(mut cmd: Command) -> io::Result<Child> {
     // SAFETY: setsid is async-signal-safe.

@@ -97,17 +97,18 @@ impl ChartOperator {
     /// Runs the operator with `kubeconfig`, as the Deployment does: leader election in
     /// `release_ns`, plus `args`.
     pub fn start(kubeconfig: &Path, release_ns: &str, args: &[&str]) -> ChartOperator {
-        let child = Command::new(BIN)
-            .args(["run", "--leader-elect", "--metrics-addr", "127.0.0.1:0"])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAMESPACE", release_ns)
-            .env("POD_NAME", "bulwark-chart-test")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let child = bulwark_testenv::spawn_with_parent(
+            Command::new(BIN)
+                .args(["run", "--leader-elect", "--metrics-addr", "127.0.0.1:0"])
+                .args(args)
+                .env("KUBECONFIG", kubeconfig)
+                .env("POD_NAMESPACE", release_ns)
+                .env("POD_NAME", "bulwark-chart-test")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )
+        .unwrap();
         ChartOperator(child)
     }
 }
