@@ -39,6 +39,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FacetLabel {
+    facet: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -64,6 +69,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabel, Counter>,
     unchanged: Counter,
     partial: Counter,
+    facets: Family<FacetLabel, Counter>,
     reconcile_duration: Histogram,
     writes: Family<KindLabel, Counter>,
     managed: Family<KindLabel, Gauge>,
@@ -131,6 +137,12 @@ impl Default for Metrics {
             "Reconciliations that rebuilt only the facets whose produced objects changed; the other facets kept what the status says",
             partial.clone(),
         );
+        let facets = Family::<FacetLabel, Counter>::default();
+        registry.register(
+            "facet_reconciles",
+            "Facets rebuilt by reconciliations, per facet: every facet on a complete reconciliation, only the changed ones on a partial one",
+            facets.clone(),
+        );
         let findings = Family::<FindingLabels, Gauge>::default();
         registry.register(
             "policy_findings",
@@ -146,6 +158,7 @@ impl Default for Metrics {
             reconciles,
             unchanged,
             partial,
+            facets,
             reconcile_duration,
             writes,
             managed,
@@ -166,6 +179,15 @@ impl Metrics {
     /// A successful reconcile that found nothing changed without asking the API server.
     pub fn record_unchanged(&self) {
         self.unchanged.inc();
+    }
+
+    /// A facet rebuilt by a reconcile.
+    pub fn record_facet(&self, facet: crate::kube_io::Facet) {
+        self.facets
+            .get_or_create(&FacetLabel {
+                facet: facet.label().into(),
+            })
+            .inc();
     }
 
     /// A reconcile that rebuilt only some facets.

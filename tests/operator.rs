@@ -114,6 +114,10 @@ async fn example_reaches_ready_with_golden_network_policies_and_repairs_drift() 
     )
     .await;
     let partial_before = operator.partial_reconciles();
+    let rebuilt_before: Vec<u64> = ["network", "tls", "jwt"]
+        .iter()
+        .map(|f| operator.facet_reconciles(f))
+        .collect();
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
     let deleted_at = Instant::now();
     api.delete("traffic-tier-data", &DeleteParams::default())
@@ -143,6 +147,16 @@ async fn example_reaches_ready_with_golden_network_policies_and_repairs_drift() 
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let rebuilt: Vec<u64> = ["network", "tls", "jwt"]
+        .iter()
+        .zip(&rebuilt_before)
+        .map(|(f, before)| operator.facet_reconciles(f) - before)
+        .collect();
+    assert_eq!(
+        rebuilt,
+        vec![1, 0, 0],
+        "rebuilt for the deleted NetworkPolicy (network, tls, jwt)"
+    );
     assert_eq!(
         policies.get("traffic").await.unwrap().status,
         settled_status,

@@ -727,6 +727,9 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
         reports.push(outcome.report);
     }
     rotate_all.set(rotation::RotationPhase::Jwt, progress);
+    for facet in Facet::ALL.into_iter().filter(|f| scope.runs(*f)) {
+        ctx.metrics.record_facet(facet);
+    }
     let contested = applier.contested();
     let contested_retry = report_contested(&mut reports, &contested, policy);
     job_requeue = earliest(job_requeue, contested_retry);
@@ -787,13 +790,8 @@ async fn apply(policy: &SecurityPolicy, ctx: &Context) -> Result<Action, Error> 
     );
     // The facets not rebuilt keep their deadlines, and the age of the last complete look.
     let now = Instant::now();
-    let mut until = requeue.map(|d| now + d);
-    let mut at = started;
-    if scope.is_partial()
-        && let Some(last) = &last
-    {
-        until = earliest(until, last.until);
-        at = last.at.unwrap_or(started);
+    let (until, at) = scope.times(last.as_ref(), requeue.map(|d| now + d), started);
+    if scope.is_partial() {
         ctx.metrics.record_partial();
     }
     if watched && let Some(verified) = applier.verified() {

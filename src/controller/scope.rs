@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Instant;
 
 use crate::api::{ManagedObject, SecurityPolicy, SecurityPolicyStatus};
 use crate::kube_io::{Facet, Settled, status_digest};
@@ -64,6 +65,28 @@ impl Scope {
 
     pub fn runs(&self, facet: Facet) -> bool {
         self.only.as_ref().is_none_or(|only| only.contains(&facet))
+    }
+
+    /// When to look again (`until`: what the facets rebuilt asked for), and since when every
+    /// facet counts as looked at, for the record of this reconcile. A partial one keeps the
+    /// deadlines of the facets it did not rebuild (the last record's, which covers them) and
+    /// the time of the last reconcile that looked at every facet.
+    pub fn times(
+        &self,
+        last: Option<&Settled>,
+        until: Option<Instant>,
+        started: Instant,
+    ) -> (Option<Instant>, Instant) {
+        match last {
+            Some(last) if self.is_partial() => {
+                let until = match (until, last.until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (until, last.at.unwrap_or(started))
+            }
+            _ => (until, started),
+        }
     }
 
     /// After the TLS facet ran: when the bundle it hands on is not the one the last reconcile
@@ -124,7 +147,7 @@ mod tests {
     use crate::controller::status;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use std::collections::HashMap;
-    use std::time::Instant;
+    use std::time::Duration;
 
     fn reports() -> Vec<FacetReport> {
         vec![
@@ -206,6 +229,33 @@ mod tests {
         assert!(!scope.runs(Facet::Kafka));
         scope.bundle_built(Some(2), Some(1));
         assert!(scope.runs(Facet::Kafka));
+    }
+
+    #[test]
+    fn a_partial_reconcile_keeps_the_last_deadline_and_the_last_complete_look() {
+        let (p, mut last) = policy_with(status_of(&reports()));
+        let complete = Instant::now();
+        let started = complete + Duration::from_secs(60);
+        let renewal = complete + Duration::from_secs(3600);
+        last.at = Some(complete);
+        last.until = Some(renewal);
+        let partial = Scope::partial(&p, BTreeSet::from([Facet::Network]), &last).unwrap();
+        // The facet rebuilt asks for nothing: the renewal of a facet not rebuilt stays.
+        assert_eq!(
+            partial.times(Some(&last), None, started),
+            (Some(renewal), complete)
+        );
+        // It asks for an earlier look: that one.
+        let recheck = started + Duration::from_secs(15);
+        assert_eq!(
+            partial.times(Some(&last), Some(recheck), started),
+            (Some(recheck), complete)
+        );
+        // A complete reconcile starts afresh.
+        assert_eq!(
+            Scope::everything().times(Some(&last), None, started),
+            (None, started)
+        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl<'a> Applier<'a> {
     }
 
     /// Records the object `key` as verified at version `rv`; `meta` is its metadata as read,
-    /// applied or written (for the facet its labels name).
+    /// or as applied (`hash` given). The facet is the one its labels name; once applied, the
+    /// one the producing facet gave it, whatever the label said when it was read.
     fn verify(&self, key: ObjectKey, rv: Option<&str>, meta: &ObjectMeta, hash: Option<&str>) {
         let Some(rv) = rv else {
             return;
@@ -142,6 +143,7 @@ impl<'a> Applier<'a> {
         entry.resource_version = rv.to_string();
         if let Some(hash) = hash {
             entry.desired_hash = Some(hash.to_string());
+            entry.facet = Facet::of(meta);
         }
     }
 
@@ -277,7 +279,7 @@ impl<'a> Applier<'a> {
                         self.verify(
                             key,
                             live.meta().resource_version.as_deref(),
-                            live.meta(),
+                            desired.meta(),
                             Some(&hash),
                         );
                     }
@@ -448,6 +450,24 @@ fn last_other_manager(meta: &ObjectMeta) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_applied_object_counts_for_the_facet_that_produces_it() {
+        let policy =
+            crate::facets::test_policy("tiers: {web: {podSelector: {matchLabels: {app: web}}}}");
+        let (metrics, repairs) = (Metrics::default(), RepairBudget::default());
+        let applier = Applier::new(&policy, &metrics, &repairs);
+        let key = (Kind::Secret, "api-jwt".to_string());
+        // Read while someone had relabelled it for TLS; then applied by the JWT facet.
+        let relabelled = super::super::produced_meta(&policy, "api-jwt", Facet::Tls);
+        applier.verify(key.clone(), Some("7"), &relabelled, None);
+        assert_eq!(applier.verified().unwrap()[&key].facet, Some(Facet::Tls));
+        let desired = super::super::produced_meta(&policy, "api-jwt", Facet::Jwt);
+        applier.verify(key.clone(), Some("8"), &desired, Some("h"));
+        let verified = applier.verified().unwrap();
+        assert_eq!(verified[&key].facet, Some(Facet::Jwt));
+        assert_eq!(verified[&key].resource_version, "8");
+    }
 
     #[test]
     fn server_defaults_do_not_count_as_drift() {

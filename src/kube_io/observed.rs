@@ -772,6 +772,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unverified_object_of_no_facet_means_everything() {
+        let p = policy();
+        let o = Observed::default();
+        let now = Instant::now();
+        listed(
+            &o,
+            vec![(Kind::Secret, seen(&p, "web-tls", Facet::Tls, "10"))],
+        );
+        let objects =
+            HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))]);
+        o.settle(&p, Settled::new(objects, None, now));
+        assert_eq!(o.why_look(&p, now), Look::Nothing(None));
+        // Labelled for the policy, but for no facet.
+        let mut stray = seen(&p, "stray", Facet::Tls, "11");
+        stray
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(super::super::meta::LABEL_FACET);
+        o.watch_event(Kind::Secret, None, &watcher::Event::Apply(stray), no_digest);
+        assert_eq!(
+            o.why_look(&p, now),
+            Look::Everything("an object not verified")
+        );
+    }
+
+    #[test]
     fn settled_policy_is_unchanged_until_something_moves() {
         let p = policy();
         let o = Observed::default();

@@ -104,6 +104,15 @@ impl Operator {
         .await;
     }
 
+    /// How often `facet` (its label: tls, network ...) was rebuilt.
+    pub fn facet_reconciles(&self, facet: &str) -> u64 {
+        metric_value(
+            &self.metrics.encode(),
+            "bulwark_facet_reconciles_total",
+            &format!("facet=\"{facet}\""),
+        )
+    }
+
     /// Reconciles that rebuilt only the facets whose objects changed.
     pub fn partial_reconciles(&self) -> u64 {
         metric_value(
