@@ -9,11 +9,10 @@
 //! they last got.
 
 use std::collections::BTreeSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Instant;
 
 use crate::api::{ManagedObject, SecurityPolicy, SecurityPolicyStatus};
-use crate::kube_io::{Facet, Settled, status_digest};
+use crate::kube_io::{Facet, Settled, hash_of, status_digest};
 
 use super::rotation;
 use super::status::{ConditionStatus, FacetReport};
@@ -134,11 +133,7 @@ impl Scope {
 
 /// Digest of the CA bundle the TLS facet hands on.
 pub fn bundle_digest(bundle: Option<&str>) -> Option<u64> {
-    bundle.map(|b| {
-        let mut h = DefaultHasher::new();
-        b.hash(&mut h);
-        h.finish()
-    })
+    bundle.map(hash_of)
 }
 
 #[cfg(test)]

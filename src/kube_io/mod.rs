@@ -7,5 +7,6 @@ mod repair;
 
 pub use apply::{Applier, ApplyError, ApplyOutcome, Contested, desired_hash, is_subset};
 pub use meta::*;
+pub(crate) use observed::hash_of;
 pub use observed::{Kind, Look, Observed, SETTLED_FOR, Settled, status_digest};
 pub use repair::{FREE_REPAIRS, RepairBudget};

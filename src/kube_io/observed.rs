@@ -180,7 +180,8 @@ impl Default for Observed {
     }
 }
 
-fn hash_of(value: impl Hash) -> u64 {
+/// A digest of `value`, stable within one process.
+pub(crate) fn hash_of(value: impl Hash) -> u64 {
     let mut h = DefaultHasher::new();
     value.hash(&mut h);
     h.finish()
@@ -699,6 +700,16 @@ mod tests {
         None
     }
 
+    /// Every watch has listed, finding one TLS Secret at version 10; what a reconcile verified
+    /// of it.
+    fn web_tls_listed(o: &Observed, p: &SecurityPolicy) -> HashMap<ObjectKey, Verified> {
+        listed(
+            o,
+            vec![(Kind::Secret, seen(p, "web-tls", Facet::Tls, "10"))],
+        );
+        HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))])
+    }
+
     fn verified(rv: &str, hash: Option<&str>) -> Verified {
         Verified {
             resource_version: rv.into(),
@@ -776,12 +787,7 @@ mod tests {
         let p = policy();
         let o = Observed::default();
         let now = Instant::now();
-        listed(
-            &o,
-            vec![(Kind::Secret, seen(&p, "web-tls", Facet::Tls, "10"))],
-        );
-        let objects =
-            HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))]);
+        let objects = web_tls_listed(&o, &p);
         o.settle(&p, Settled::new(objects, None, now));
         assert_eq!(o.why_look(&p, now), Look::Nothing(None));
         // Labelled for the policy, but for no facet.
@@ -804,13 +810,8 @@ mod tests {
         let p = policy();
         let o = Observed::default();
         let now = Instant::now();
-        listed(
-            &o,
-            vec![(Kind::Secret, seen(&p, "web-tls", Facet::Tls, "10"))],
-        );
+        let objects = web_tls_listed(&o, &p);
         assert_eq!(o.unchanged(&p, now), None, "nothing settled yet");
-        let objects =
-            HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))]);
         o.settle(&p, Settled::new(objects.clone(), None, now));
         assert_eq!(o.unchanged(&p, now), Some(None));
 
@@ -863,12 +864,7 @@ mod tests {
         let mut p = policy();
         let o = Observed::default();
         let now = Instant::now();
-        listed(
-            &o,
-            vec![(Kind::Secret, seen(&p, "web-tls", Facet::Tls, "10"))],
-        );
-        let objects =
-            HashMap::from([((Kind::Secret, "web-tls".into()), verified("10", Some("h")))]);
+        let objects = web_tls_listed(&o, &p);
         o.settle(
             &p,
             Settled::new(objects.clone(), Some(now + Duration::from_secs(30)), now),
